@@ -222,10 +222,21 @@ class LogSink:
         try:
             return self._encoder.encode(record) + b"\n"
         except Exception:
-            # Something msgspec refuses even with enc_hook (odd dict keys, cycles, huge ints):
-            # fall back to repr for the fields only, so the record still carries its context.
-            safe = {k: (v if k in _RESERVED else redact_text(repr(v))) for k, v in record.items()}
-            return self._encoder.encode(safe) + b"\n"
+            # Something msgspec refuses even with enc_hook (a cycle, say): find the guilty
+            # fields and write their repr instead, so the record still carries its context.
+            for (key, value), original in zip(
+                list(record.items())[4:], fields.values(), strict=False
+            ):
+                if not self._encodes(value):
+                    record[key] = redact_text(repr(original))
+            return self._encoder.encode(record) + b"\n"
+
+    def _encodes(self, value: object) -> bool:
+        try:
+            self._encoder.encode(value)
+        except Exception:
+            return False
+        return True
 
     def _write(self, line: bytes) -> None:
         stream = self.stream
