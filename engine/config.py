@@ -201,7 +201,7 @@ def _dec_hook(tp: type, obj: object) -> object:
         return pathlib.Path(obj).expanduser()
     if tp is Secret and isinstance(obj, str):
         return Secret(obj)
-    raise NotImplementedError
+    raise TypeError(f"expected {tp.__name__}, got {type(obj).__name__}")
 
 
 def _from_string(field_type: Any, raw: str) -> object:

@@ -133,6 +133,15 @@ def _redact(value: object, depth: int = 0) -> object:
         }
     if isinstance(value, list | tuple):
         return [_redact(v, depth + 1) for v in value]
+    if isinstance(value, msgspec.Struct):
+        # Walked like a mapping so a URL or a secret-named field inside a config section or a
+        # message is masked too; the tag is kept so the record still says what it was.
+        struct_config = value.__struct_config__
+        fields: dict[str, object] = {}
+        if struct_config.tag_field is not None:
+            fields[struct_config.tag_field] = struct_config.tag
+        fields.update(msgspec.structs.asdict(value))
+        return _redact(fields, depth)
     return value
 
 

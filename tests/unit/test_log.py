@@ -252,3 +252,18 @@ def test_default_sink_writes_to_stdout(capsys: pytest.CaptureFixture[str]) -> No
     (line,) = out.splitlines()
     record = json.loads(line)
     assert record["event"] == "engine.started" and record["version"] == "0.1.0"
+
+
+def test_structs_are_walked_for_secrets_and_keep_their_tag() -> None:
+    class Connected(msgspec.Struct, frozen=True, tag="connected"):
+        url: str
+        api_key: str
+
+    sink, buffer = _sink()
+    get_logger("broker", sink=sink).info(
+        "broker.connected", message=Connected("https://u:pw123@h/x", "k-77")
+    )
+    raw = buffer.getvalue()
+    assert b"pw123" not in raw and b"k-77" not in raw
+    (record,) = _records(buffer)
+    assert record["message"] == {"type": "connected", "url": "https://u:***@h/x", "api_key": "***"}
