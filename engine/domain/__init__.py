@@ -1,1 +1,70 @@
+"""The pure domain model: option symbols, legs, spreads, strategies and pricing. No I/O."""
 
+from __future__ import annotations
+
+from engine.domain.occ import OptionRight, OptionSymbol, is_option_symbol
+from engine.domain.pricing import (
+    CONTRACT_MULTIPLIER,
+    LegQuote,
+    QuoteLike,
+    Valuation,
+    close_price,
+    dollars,
+    leg_mid,
+    loss_fraction,
+    mark,
+    mark_close_price,
+    max_loss,
+    max_profit,
+    natural_close_price,
+    natural_value,
+    pnl_per_spread,
+    profit_fraction,
+    valuate,
+)
+from engine.domain.spread import Leg, Side, Spread, underlying_of
+from engine.domain.strategy import (
+    CREDIT_STRATEGIES,
+    DEBIT_STRATEGIES,
+    Strategy,
+    classify,
+    common_quantity,
+    is_credit,
+    is_debit,
+    spread_width,
+)
+
+__all__ = [
+    "CONTRACT_MULTIPLIER",
+    "CREDIT_STRATEGIES",
+    "DEBIT_STRATEGIES",
+    "Leg",
+    "LegQuote",
+    "OptionRight",
+    "OptionSymbol",
+    "QuoteLike",
+    "Side",
+    "Spread",
+    "Strategy",
+    "Valuation",
+    "classify",
+    "close_price",
+    "common_quantity",
+    "dollars",
+    "is_credit",
+    "is_debit",
+    "is_option_symbol",
+    "leg_mid",
+    "loss_fraction",
+    "mark",
+    "mark_close_price",
+    "max_loss",
+    "max_profit",
+    "natural_close_price",
+    "natural_value",
+    "pnl_per_spread",
+    "profit_fraction",
+    "spread_width",
+    "underlying_of",
+    "valuate",
+]

@@ -19,8 +19,8 @@ from engine.errors import InvalidSymbol
 
 __all__ = ["OptionRight", "OptionSymbol", "is_option_symbol"]
 
-_SUFFIX = re.compile(r"(?P<date>\d{6})(?P<right>[CP])(?P<strike>\d{8})$")
-_ROOT = re.compile(r"[A-Z0-9]{1,6}$")
+_SUFFIX = re.compile(r"(?P<date>[0-9]{6})(?P<right>[CP])(?P<strike>[0-9]{8})\Z")
+_ROOT = re.compile(r"[A-Z0-9]{1,6}\Z")
 _MAX_STRIKE = Decimal("99999.999")
 
 
