@@ -314,10 +314,11 @@ class Supervisor:
         """
         if self._running:
             raise RuntimeError(f"supervisor {self.name!r} is already running")
+        if self._stop_requested:
+            task_status.started()
+            return
         self._running = True
         self._reset()
-        if self._stop_requested:
-            self._run_scope.cancel()
         reported = False
         try:
             async with trio.open_nursery() as nursery:
