@@ -25,7 +25,8 @@ The TOML file has one table per section::
 
 Values from the file keep their TOML types and must match exactly; values from the environment
 and from flags are strings and are parsed to the field's type (bools accept true/false/1/0/
-yes/no/on/off; paths expand ``~``; an empty string for an optional field means "not set").
+yes/no/on/off; paths expand ``~`` and a relative path is relative to the current directory;
+an empty string for an optional field means "not set").
 
 Anything wrong - an unreadable file, an unknown section or key, a value of the wrong type - raises
 :class:`~engine.errors.ConfigError` with one line naming the key and where it came from.

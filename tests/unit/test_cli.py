@@ -213,3 +213,29 @@ def test_demo_prints_its_status_line(tmp_path: Path) -> None:
     assert f"migrations applied: {len(names)}/{len(names)}" in line
     assert (tmp_path / ".spreadwatch" / "pgdata").is_dir()  # self-contained under the cwd
     assert result.stderr == ""
+
+
+@pytest.mark.storage
+async def test_db_status_exits_1_when_an_applied_migration_changed(tmp_path: Path) -> None:
+    import trio
+
+    from storage import open_database
+
+    data_dir = tmp_path / "pgdata"
+    first = await trio.to_thread.run_sync(
+        lambda: _spreadwatch("db", "migrate", "--data-dir", str(data_dir), cwd=tmp_path)
+    )
+    assert first.returncode == 0, first.stderr
+    name = _migration_names()[0]
+    with trio.fail_after(60):
+        async with open_database(None, data_dir=data_dir) as db:
+            # As if the file had been edited after it was applied.
+            await db.execute(
+                "UPDATE schema_migrations SET checksum = $1 WHERE name = $2", "0" * 64, name
+            )
+    status = await trio.to_thread.run_sync(
+        lambda: _spreadwatch("db", "status", "--data-dir", str(data_dir), cwd=tmp_path)
+    )
+    assert status.returncode == 1, status.stderr
+    assert re.search(rf"^{name}\s+CHANGED", status.stdout, re.M)
+    assert "1 changed" in status.stdout
