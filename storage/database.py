@@ -1,0 +1,527 @@
+"""PostgreSQL for trio code: asyncpg running on asyncio, bridged with trio-asyncio.
+
+``open_database`` is the one entry point. Everything it returns is trio-facing; asyncio, the
+trio-asyncio loop and asyncpg stay inside this package.
+
+Rules the bridge follows (see DESIGN section 4):
+
+- Every asyncpg call runs on the trio-asyncio loop that ``open_database`` found or opened; the
+  loop is passed explicitly, so a ``Database`` can be used from any task, whatever asyncio loop
+  (if any) that task's context names.
+- No asyncpg timeout is used after connecting. Under trio-asyncio those timers run on trio's
+  clock; callers bound their calls with trio (``fail_after``/``move_on_after``). Cancelling a
+  call cancels the query on the server and leaves the connection usable.
+- A transaction's exit (commit or rollback) and the return of a connection to the pool are
+  shielded from cancellation, with a deadline of their own, so a cancelled task never leaves a
+  transaction open on a pooled connection.
+- asyncpg's exceptions are translated at this boundary (``storage.errors``).
+- jsonb and json columns are Python values on our side, encoded and decoded with msgspec; JSON
+  numbers with a fraction decode to ``Decimal``, never ``float`` (money lives in those documents).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import decimal
+import pathlib
+import urllib.parse
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+import msgspec
+import trio
+import trio_asyncio
+
+from engine.errors import ConfigError, DatabaseError, DatabaseUnavailable
+from storage import embedded
+from storage.errors import describe_reason, translate
+
+__all__ = [
+    "APP_DATABASE",
+    "Connection",
+    "Database",
+    "Executor",
+    "Notifications",
+    "PoolStatistics",
+    "Row",
+    "open_database",
+]
+
+T = TypeVar("T")
+
+
+class Row(Protocol):
+    """A result row (asyncpg's Record): by column name (``row["trade_id"]``) or position.
+
+    Not a ``Mapping``: iterating a row yields its values, as for a tuple. ``dict(row.items())``
+    makes a dict.
+    """
+
+    def __getitem__(self, key: str | int, /) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+    def get(self, key: str, default: Any = None, /) -> Any: ...
+
+    def keys(self) -> Iterable[str]: ...
+
+    def values(self) -> Iterable[Any]: ...
+
+    def items(self) -> Iterable[tuple[str, Any]]: ...
+
+
+#: The database the embedded server creates and uses for the application.
+APP_DATABASE = "spreadwatch"
+
+# How long a transaction's commit/rollback or a connection's release may take once started.
+# It runs shielded from cancellation, so it needs a deadline of its own: a server that vanished
+# without closing the socket would otherwise hold the cancelled task forever.
+_EXIT_DEADLINE = 30.0
+# How long closing the pool may wait for connections still in use before terminating them.
+_CLOSE_DEADLINE = 10.0
+
+_json_encoder = msgspec.json.Encoder(decimal_format="string")
+_json_decoder = msgspec.json.Decoder(float_hook=decimal.Decimal)
+
+
+class Executor(Protocol):
+    """What queries need: implemented by ``Database`` (pooled) and ``Connection`` (one session)."""
+
+    async def execute(self, query: str, *args: object) -> str: ...
+
+    async def fetch(self, query: str, *args: object) -> list[Row]: ...
+
+    async def fetchrow(self, query: str, *args: object) -> Row | None: ...
+
+    async def fetchval(self, query: str, *args: object, column: int = 0) -> Any: ...
+
+    async def executemany(self, command: str, args: Iterable[Sequence[object]]) -> None: ...
+
+
+class _Bridge:
+    """Runs asyncpg coroutines on the loop and translates their errors. Shared by a database."""
+
+    def __init__(self, *, loop: Any, target: str) -> None:
+        self.loop = loop
+        self.target = target
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            result: T = await self.loop.run_aio_coroutine(coro)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise translate(exc, target=self.target) from exc
+        except asyncpg.exceptions.InternalClientError as exc:
+            raise translate(exc, target=self.target) from exc
+        return result
+
+
+class Connection:
+    """One database session (taken from the pool for the duration of an ``async with``)."""
+
+    def __init__(self, raw: Any, bridge: _Bridge) -> None:
+        self._raw = raw  # asyncpg connection (a pool proxy)
+        self._bridge = bridge
+
+    async def execute(self, query: str, *args: object) -> str:
+        return await self._bridge.call(self._raw.execute(query, *args))
+
+    async def fetch(self, query: str, *args: object) -> list[Row]:
+        return await self._bridge.call(self._raw.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: object) -> Row | None:
+        return await self._bridge.call(self._raw.fetchrow(query, *args))
+
+    async def fetchval(self, query: str, *args: object, column: int = 0) -> Any:
+        return await self._bridge.call(self._raw.fetchval(query, *args, column=column))
+
+    async def executemany(self, command: str, args: Iterable[Sequence[object]]) -> None:
+        await self._bridge.call(self._raw.executemany(command, args))
+
+    async def copy_records_to_table(
+        self,
+        table_name: str,
+        *,
+        records: Iterable[Sequence[object]],
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+    ) -> str:
+        """Bulk insert with COPY: the fastest way to write a batch (the audit writer's)."""
+        return await self._bridge.call(
+            self._raw.copy_records_to_table(
+                table_name, records=records, columns=columns, schema_name=schema_name
+            )
+        )
+
+    def is_in_transaction(self) -> bool:
+        return bool(self._raw.is_in_transaction())
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, *, isolation: str | None = None, readonly: bool = False, deferrable: bool = False
+    ) -> AsyncIterator[Connection]:
+        """A transaction (a savepoint when nested): committed if the block ends normally,
+        rolled back if it raises or is cancelled. Commit and rollback are shielded."""
+        tx = self._raw.transaction(isolation=isolation, readonly=readonly, deferrable=deferrable)
+        await self._bridge.call(tx.start())
+        try:
+            yield self
+        except BaseException:
+            await self._finish(tx.rollback(), rolling_back=True)
+            raise
+        await self._finish(tx.commit(), rolling_back=False)
+
+    async def _finish(self, coro: Coroutine[Any, Any, None], *, rolling_back: bool) -> None:
+        with trio.move_on_after(_EXIT_DEADLINE, shield=True) as scope:
+            try:
+                await self._bridge.call(coro)
+            except DatabaseError:
+                # A session whose transaction state we no longer know must not go back to the
+                # pool: terminating it makes the server roll back whatever is left.
+                self._raw.terminate()
+                if not rolling_back:
+                    raise
+                # The error that made us roll back is the one worth raising, not this one.
+                return
+        if scope.cancelled_caught:
+            self._raw.terminate()
+            if not rolling_back:
+                raise DatabaseUnavailable(
+                    f"no answer from {self._bridge.target} to a commit within "
+                    f"{_EXIT_DEADLINE:g} s; whether the transaction was committed is unknown"
+                )
+
+
+class Notifications:
+    """The notifications of one LISTEN channel, as a trio receive side.
+
+    A notification is a hint to re-read state from the database, not the state itself: when the
+    consumer falls ``buffer`` notifications behind, later ones are dropped (``dropped`` counts
+    them). When the listening connection is lost, receiving raises ``DatabaseUnavailable``.
+    """
+
+    def __init__(self, channel: str, receive: trio.MemoryReceiveChannel[str], target: str) -> None:
+        self.channel = channel
+        self.dropped = 0
+        self.lost = False
+        self._receive = receive
+        self._target = target
+
+    async def receive(self) -> str:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise DatabaseUnavailable(
+                f"lost the database at {self._target} while listening on {self.channel!r}"
+            ) from None
+
+    def __aiter__(self) -> Notifications:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self.receive()
+
+
+class Database:
+    """A pool of connections to one PostgreSQL database. Methods are trio-facing.
+
+    The query methods each take a connection from the pool for one statement; use
+    ``transaction()`` for several statements that must succeed or fail together.
+    """
+
+    def __init__(self, *, pool: Any, bridge: _Bridge, embedded_server: bool) -> None:
+        self._pool = pool
+        self._bridge = bridge
+        self.embedded = embedded_server
+
+    @property
+    def target(self) -> str:
+        """The server, as messages name it (no password)."""
+        return self._bridge.target
+
+    async def execute(self, query: str, *args: object) -> str:
+        return await self._bridge.call(self._pool.execute(query, *args))
+
+    async def fetch(self, query: str, *args: object) -> list[Row]:
+        return await self._bridge.call(self._pool.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: object) -> Row | None:
+        return await self._bridge.call(self._pool.fetchrow(query, *args))
+
+    async def fetchval(self, query: str, *args: object, column: int = 0) -> Any:
+        return await self._bridge.call(self._pool.fetchval(query, *args, column=column))
+
+    async def executemany(self, command: str, args: Iterable[Sequence[object]]) -> None:
+        await self._bridge.call(self._pool.executemany(command, args))
+
+    async def copy_records_to_table(
+        self,
+        table_name: str,
+        *,
+        records: Iterable[Sequence[object]],
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+    ) -> str:
+        return await self._bridge.call(
+            self._pool.copy_records_to_table(
+                table_name, records=records, columns=columns, schema_name=schema_name
+            )
+        )
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Connection]:
+        """One connection from the pool for the block (returned to the pool, shielded)."""
+        raw = await self._bridge.call(self._pool.acquire())
+        try:
+            yield Connection(raw, self._bridge)
+        finally:
+            with trio.move_on_after(_EXIT_DEADLINE, shield=True):
+                # A connection that cannot be released cleanly is discarded by the pool; that
+                # is not worth masking the block's own outcome for.
+                with contextlib.suppress(DatabaseError):
+                    await self._bridge.call(self._pool.release(raw))
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, *, isolation: str | None = None, readonly: bool = False, deferrable: bool = False
+    ) -> AsyncIterator[Connection]:
+        """A connection in a transaction: committed when the block ends normally, rolled back
+        when it raises or is cancelled (commit and rollback are shielded from cancellation)."""
+        async with (
+            self.acquire() as conn,
+            conn.transaction(isolation=isolation, readonly=readonly, deferrable=deferrable),
+        ):
+            yield conn
+
+    async def notify(self, channel: str, payload: str = "") -> None:
+        """Send a notification to every session listening on ``channel``."""
+        await self.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+    @contextlib.asynccontextmanager
+    async def listen(self, channel: str, *, buffer: int = 64) -> AsyncIterator[Notifications]:
+        """LISTEN on ``channel`` for the block, on a connection of its own from the pool."""
+        # Bounded: notifications are hints (see Notifications); a stuck consumer must not grow
+        # memory without limit.
+        send, receive = trio.open_memory_channel[str](buffer)
+        notifications = Notifications(channel, receive, self.target)
+
+        # Both callbacks run in the asyncio loop, which runs inside trio's thread: the
+        # non-blocking trio channel operations are safe there.
+        def on_notification(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            try:
+                send.send_nowait(payload)
+            except trio.WouldBlock:
+                notifications.dropped += 1
+            except trio.ClosedResourceError:
+                pass
+
+        def on_termination(_conn: Any) -> None:
+            notifications.lost = True
+            send.close()
+
+        async with self.acquire() as conn:
+            raw = conn._raw
+            await self._bridge.call(raw.add_listener(channel, on_notification))
+            raw.add_termination_listener(on_termination)
+            try:
+                with receive:
+                    yield notifications
+            finally:
+                raw.remove_termination_listener(on_termination)
+                send.close()
+                if not notifications.lost:
+                    with trio.move_on_after(_EXIT_DEADLINE, shield=True):
+                        with contextlib.suppress(DatabaseError):
+                            await self._bridge.call(raw.remove_listener(channel, on_notification))
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(
+            size=int(self._pool.get_size()),
+            idle=int(self._pool.get_idle_size()),
+            max_size=int(self._pool.get_max_size()),
+        )
+
+
+class PoolStatistics(msgspec.Struct, frozen=True):
+    size: int
+    idle: int
+    max_size: int
+
+
+@contextlib.asynccontextmanager
+async def open_database(
+    url: str | None,
+    *,
+    data_dir: pathlib.Path,
+    connect_timeout: float = 5.0,
+    min_size: int = 1,
+    max_size: int = 5,
+) -> AsyncIterator[Database]:
+    """Connect to PostgreSQL for the duration of the ``async with``.
+
+    ``url`` None: start (or join) the embedded server whose data directory is ``data_dir``
+    (created if missing), create the application database in it if missing, and stop the server
+    on exit (unless another process still uses it). ``url`` given: connect to that server;
+    ``data_dir`` is then unused.
+
+    Opens a trio-asyncio loop if the calling task is not already inside one. Fails within about
+    ``connect_timeout`` seconds (plus the embedded server's start-up) with ``DatabaseUnavailable``
+    whose message is one line naming the server and the reason.
+    """
+    async with _asyncio_loop() as loop:
+        if url is None:
+            async with embedded.running_server(data_dir) as server:
+                bridge = _Bridge(loop=loop, target=server.target)
+                await _ensure_app_database(server, bridge, connect_timeout)
+                dsn = server.dsn(APP_DATABASE)
+                async with _pool(dsn, bridge, connect_timeout, min_size, max_size) as pool:
+                    yield Database(pool=pool, bridge=bridge, embedded_server=True)
+        else:
+            bridge = _Bridge(loop=loop, target=describe_url(url))
+            async with _pool(url, bridge, connect_timeout, min_size, max_size) as pool:
+                yield Database(pool=pool, bridge=bridge, embedded_server=False)
+
+
+@contextlib.asynccontextmanager
+async def _asyncio_loop() -> AsyncIterator[Any]:
+    # Reuse the caller's trio-asyncio loop when there is one: asyncpg objects are bound to one
+    # loop, and a second loop nested in the first gains nothing. Otherwise open our own, which
+    # lives exactly as long as the database (closed after the pool, since it is the outer block).
+    loop = trio_asyncio.current_loop.get()
+    if loop is not None and not loop.is_closed():
+        yield loop
+        return
+    raised: BaseException | None = None
+    unwrapped: BaseException | None = None
+    try:
+        async with trio_asyncio.open_loop() as own_loop:
+            try:
+                yield own_loop
+            except BaseException as exc:
+                raised = exc
+                raise
+    except BaseExceptionGroup as group:
+        # open_loop runs the block inside its nurseries, which wrap whatever the block raises
+        # in exception groups. Callers of open_database know nothing of those nurseries: hand
+        # back the block's own exception when the groups hold nothing else.
+        if raised is None or not _wraps_only(group, raised):
+            raise
+        unwrapped = raised
+    if unwrapped is not None:
+        raise unwrapped
+
+
+def _wraps_only(group: BaseExceptionGroup[Any], target: BaseException) -> bool:
+    """True when ``group`` is ``target`` wrapped in single-member groups, and nothing else."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+        if exc is target:
+            return True
+    return False
+
+
+@contextlib.asynccontextmanager
+async def _pool(
+    dsn: str, bridge: _Bridge, connect_timeout: float, min_size: int, max_size: int
+) -> AsyncIterator[Any]:
+    async def create() -> Any:
+        return await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=connect_timeout,
+            init=_init_connection,
+        )
+
+    pool = await _connecting(bridge, connect_timeout, create())
+    try:
+        yield pool
+    finally:
+        with trio.move_on_after(_CLOSE_DEADLINE, shield=True) as scope:
+            with contextlib.suppress(DatabaseError):
+                await bridge.call(pool.close())
+        if scope.cancelled_caught:
+            pool.terminate()
+
+
+async def _connecting(bridge: _Bridge, connect_timeout: float, coro: Coroutine[Any, Any, T]) -> T:
+    """Run a connection attempt with a hard deadline, failing with one line that names why.
+
+    asyncpg's own ``timeout`` runs on trio's clock under trio-asyncio and does not cover every
+    step; ``fail_after`` is the bound we rely on.
+    """
+    try:
+        with trio.fail_after(connect_timeout):
+            return await bridge.loop.run_aio_coroutine(coro)
+    except trio.TooSlowError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to {bridge.target}: no answer within {connect_timeout:g} s"
+        ) from exc
+    except (asyncpg.ClientConfigurationError, ValueError) as exc:
+        raise ConfigError(f"database URL is not valid: {describe_reason(exc)}") from exc
+    except (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.exceptions.InternalClientError,
+        OSError,
+        TimeoutError,
+    ) as exc:
+        reason = describe_reason(exc)
+        raise DatabaseUnavailable(f"cannot connect to {bridge.target}: {reason}") from exc
+
+
+async def _ensure_app_database(
+    server: embedded.EmbeddedServer, bridge: _Bridge, connect_timeout: float
+) -> None:
+    async def create_if_missing() -> None:
+        conn = await asyncpg.connect(server.dsn("postgres"), timeout=connect_timeout)
+        try:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", APP_DATABASE
+            )
+            if not exists:
+                try:
+                    await conn.execute(f'CREATE DATABASE "{APP_DATABASE}"')
+                except asyncpg.exceptions.DuplicateDatabaseError:
+                    pass  # another process created it between our check and our create
+        finally:
+            await conn.close()
+
+    await _connecting(bridge, connect_timeout, create_if_missing())
+
+
+async def _init_connection(conn: Any) -> None:
+    for type_name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            type_name,
+            schema="pg_catalog",
+            encoder=_encode_json,
+            decoder=_json_decoder.decode,
+            format="text",
+        )
+
+
+def _encode_json(value: object) -> str:
+    return _json_encoder.encode(value).decode()
+
+
+def describe_url(url: str) -> str:
+    """Name a server by its URL without the password: ``PostgreSQL at host:port (database d,
+    user u)``, or the socket directory for a unix-socket URL."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qs(parts.query)
+        host = parts.hostname or (query.get("host") or [""])[0] or "localhost"
+        port = parts.port or int((query.get("port") or ["5432"])[0])
+    except ValueError:
+        return "PostgreSQL (unparseable URL)"
+    where = f"socket {host}" if host.startswith("/") else f"{host}:{port}"
+    details = []
+    database = parts.path.lstrip("/")
+    if database:
+        details.append(f"database {database}")
+    if parts.username:
+        details.append(f"user {urllib.parse.unquote(parts.username)}")
+    suffix = f" ({', '.join(details)})" if details else ""
+    return f"PostgreSQL at {where}{suffix}"
