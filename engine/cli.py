@@ -93,7 +93,7 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
 
 def _globals_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: a prefix must never steal a subcommand's own option (--data-file).
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog=_PROG, add_help=False, allow_abbrev=False)
     _global_options(parser)
     return parser
 
