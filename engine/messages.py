@@ -35,6 +35,7 @@ Conventions (the same in every message):
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeAlias, TypeVar, get_args, overload
@@ -49,6 +50,7 @@ __all__ = [
     "AnyMessage",
     "AuditRecord",
     "CancelOrder",
+    "CloseReason",
     "CloseTradeNow",
     "ControlCommand",
     "Decision",
@@ -117,14 +119,42 @@ class FeedState(StrEnum):
 
 
 class TradeOrigin(StrEnum):
-    ENGINE = "engine"  # opened by an order the engine sent
-    MANUAL = "manual"  # entered by a person through the engine (e.g. a seeded trade)
-    IMPORTED = "imported"  # found at the broker and adopted
+    # Values spelled as in the trades table (DESIGN names this set in capitals).
+    ENGINE = "ENGINE"  # opened by an order the engine sent
+    MANUAL = "MANUAL"  # entered by a person through the engine (e.g. a seeded trade)
+    IMPORTED = "IMPORTED"  # found at the broker and adopted
 
 
 class ExitAction(StrEnum):
-    PARTIAL = "partial"  # close part of the position (a scale-out tier)
-    FULL = "full"  # close everything the trade holds
+    # Values spelled as in the orders and decisions tables.
+    PARTIAL = "PARTIAL"  # close part of the position (a scale-out tier)
+    FULL = "FULL"  # close everything the trade holds
+
+
+class CloseReason(StrEnum):
+    """Why a trade closed: the values of ``trades.close_reason``. The exit rules' reasons are
+    the rule names in capitals; the rest say what happened outside the exit rules."""
+
+    PROFIT_TARGET = "PROFIT_TARGET"
+    STOP_LOSS = "STOP_LOSS"
+    TRAILING_PROFIT = "TRAILING_PROFIT"
+    SCALE_OUT = "SCALE_OUT"
+    DTE = "DTE"
+    EXPIRATION_DAY = "EXPIRATION_DAY"
+    LOW_VALUE = "LOW_VALUE"
+    IV_CRUSH = "IV_CRUSH"
+    UNDERLYING_BREACH = "UNDERLYING_BREACH"
+    UNDERLYING_MOVE = "UNDERLYING_MOVE"
+    UNDERLYING_SPIKE = "UNDERLYING_SPIKE"
+    MAX_DAYS = "MAX_DAYS"
+    SHORT_DELTA = "SHORT_DELTA"
+    VIX_REGIME = "VIX_REGIME"
+    GAMMA_FLIP = "GAMMA_FLIP"
+    MANUAL = "MANUAL"  # CloseTradeNow
+    PHANTOM = "PHANTOM"  # vanished at the broker, confirmed; no P&L invented
+    EXTERNAL = "EXTERNAL"  # closed at the broker outside the engine
+    EXPIRED = "EXPIRED"
+    ASSIGNED = "ASSIGNED"
 
 
 class Decision(StrEnum):
@@ -289,12 +319,11 @@ class SpreadQuantityChanged(Message, frozen=True, kw_only=True):
 
 
 class SpreadClosed(Message, frozen=True, kw_only=True):
-    """The trade is closed: stop its watcher. ``reason`` is the exit rule that closed it, or
-    ``phantom`` / ``closed_at_broker`` / ``expired``; ``realized_pnl_dollars`` is None when no
-    P&L can be known (a phantom)."""
+    """The trade is closed: stop its watcher. ``realized_pnl_dollars`` is None when no P&L can
+    be known (a phantom)."""
 
     trade_id: int
-    reason: str
+    reason: CloseReason
     realized_pnl_dollars: Decimal | None
     at: dt.datetime
 
@@ -336,6 +365,7 @@ class ExitIntent(Message, frozen=True, kw_only=True):
     action: ExitAction
     quantity: int
     rule: str
+    decision_id: uuid.UUID | None = None  # the DecisionRecord of this decision
     rules_fired: tuple[str, ...]
     mark_close_price: Decimal | None
     natural_close_price: Decimal | None
@@ -547,8 +577,11 @@ class DecisionRecord(Message, frozen=True, kw_only=True):
     exit back (None otherwise). ``legs`` are the leg quotes in the spread's leg order.
     Prices and ``pnl`` are per spread; ``quantity`` is the spreads held, ``exit_quantity`` the
     spreads to close (None for a hold). ``thresholds`` are the plan values the rules compared
-    against; ``rule_version`` names the exit-plan code that decided."""
+    against; ``rule_version`` names the exit-plan code that decided. ``decision_id`` is made
+    with the record, so a journal replay can skip what already reached the database, and an
+    ExitIntent can point at it."""
 
+    decision_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
     trade_id: int
     decision: Decision
     rule: str | None
@@ -562,6 +595,7 @@ class DecisionRecord(Message, frozen=True, kw_only=True):
     profit_fraction: Decimal | None
     loss_fraction: Decimal | None
     quantity: int
+    exit_action: ExitAction | None = None
     exit_quantity: int | None = None
     thresholds: dict[str, Any] = {}
     rule_version: str
@@ -571,11 +605,18 @@ class DecisionRecord(Message, frozen=True, kw_only=True):
 
 class EngineEventRecord(Message, frozen=True, kw_only=True):
     """An engine event worth keeping (a restart, a reconnect, a reconciliation finding and what
-    was done). ``kind`` is dotted lower_snake (``quote_stream.reconnected``)."""
+    was done). ``kind`` is dotted lower_snake (``quote_stream.reconnected``); ``level`` one of
+    DEBUG, INFO, WARNING, ERROR, CRITICAL; ``action_taken`` what the engine did about it."""
 
+    event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
     kind: str
     actor: str
+    level: str = "INFO"
     trade_id: int | None = None
+    client_order_id: str | None = None
+    symbol: str | None = None
+    message: str | None = None
+    action_taken: str | None = None
     detail: dict[str, Any] = {}
     at: dt.datetime
 

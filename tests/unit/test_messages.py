@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import re
+import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, get_args
 
 import msgspec
@@ -79,8 +82,10 @@ EXAMPLES: list[m.Message] = [
     # PortfolioMirror -> WatcherPool
     m.SpreadOpened(trade=TRADE),
     m.SpreadQuantityChanged(trade_id=42, quantity=1, previous_quantity=2, legs=LEGS, at=AT),
-    m.SpreadClosed(trade_id=42, reason="stop_loss", realized_pnl_dollars=Decimal("-310.00"), at=AT),
-    m.SpreadClosed(trade_id=43, reason="phantom", realized_pnl_dollars=None, at=AT),
+    m.SpreadClosed(
+        trade_id=42, reason=m.CloseReason.STOP_LOSS, realized_pnl_dollars=Decimal("-310.00"), at=AT
+    ),
+    m.SpreadClosed(trade_id=43, reason=m.CloseReason.PHANTOM, realized_pnl_dollars=None, at=AT),
     m.SpreadOutOfSync(trade_id=42, missing_symbols=frozenset({"SPY250620P00495000"}), at=AT),
     m.SpreadBackInSync(trade_id=42, at=AT),
     # watcher -> OrderRouter, and order commands
@@ -90,6 +95,7 @@ EXAMPLES: list[m.Message] = [
         action=m.ExitAction.PARTIAL,
         quantity=1,
         rule="scale_out",
+        decision_id=uuid.UUID("0b0e2c43-5d7e-4a57-9d4f-7c1e1a2b3c4d"),
         rules_fired=("scale_out", "trailing_profit"),
         mark_close_price=Decimal("0.775"),
         natural_close_price=Decimal("0.85"),
@@ -193,6 +199,7 @@ EXAMPLES: list[m.Message] = [
         profit_fraction=Decimal("-1"),
         loss_fraction=Decimal("0.4626865671641791044776119403"),
         quantity=2,
+        exit_action=m.ExitAction.FULL,
         exit_quantity=2,
         thresholds={"stop_loss_fraction": Decimal("1.0"), "debounce_ticks": 3},
         rule_version="exit-plan/1",
@@ -219,7 +226,12 @@ EXAMPLES: list[m.Message] = [
     m.EngineEventRecord(
         kind="portfolio_mirror.phantom_declared",
         actor="portfolio_mirror",
+        level="WARNING",
         trade_id=42,
+        client_order_id="sw-42-1",
+        symbol="SPY250620P00500000",
+        message="positions answer empty three times running",
+        action_taken="closed the trade as PHANTOM",
         detail={"confirmations": 3, "last_seen_quantity": Decimal("2.5"), "symbols": ["A", "B"]},
         at=AT,
     ),
@@ -361,3 +373,28 @@ def test_trade_snapshot_gives_its_spread() -> None:
     assert spread.strategy is Strategy.BULL_PUT_CREDIT
     assert spread.quantity == 2
     assert spread.underlying == "SPY"
+
+
+def test_audit_records_get_their_own_ids() -> None:
+    one = m.EngineEventRecord(kind="a.b", actor="x", at=AT)
+    two = m.EngineEventRecord(kind="a.b", actor="x", at=AT)
+    assert one.event_id != two.event_id
+    assert m.decode(m.encode(one)) == one
+    assert isinstance(EXAMPLES[-1], m.EngineEventRecord)
+
+
+def _check_values(constraint: str) -> set[str]:
+    """The quoted values of a CHECK (... IN (...)) constraint in the first migration."""
+    sql = (Path(__file__).parents[2] / "migrations" / "0001_initial.sql").read_text()
+    found = re.search(constraint + r" CHECK \([^()]*IN \(([^()]*)\)", sql)
+    assert found, constraint
+    return set(re.findall(r"'([A-Za-z_]+)'", found[1]))
+
+
+def test_enum_values_match_the_database_spelling() -> None:
+    assert {x.value for x in m.TradeOrigin} == _check_values("trades_origin_check")
+    assert {x.value for x in m.CloseReason} == _check_values("trades_close_reason_check")
+    assert {x.value for x in Strategy} == _check_values("trades_strategy_check")
+    assert {x.value for x in m.OrderType} == _check_values("orders_order_type_check")
+    assert {x.value for x in m.OrderLegSide} == _check_values("fills_leg_side_check")
+    assert {x.value for x in m.ExitAction} == {"PARTIAL", "FULL"}
