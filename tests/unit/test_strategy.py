@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from decimal import Decimal
+from random import Random
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.domain import (
     Leg,
@@ -239,3 +242,32 @@ class TestLeg:
         assert again == one
         spread = Spread.from_legs([one, leg("+495P", 2)])
         assert msgspec.json.decode(msgspec.json.encode(spread), type=Spread) == spread
+
+
+_random_legs = st.lists(
+    st.builds(
+        leg,
+        st.tuples(
+            st.sampled_from("+-"),
+            st.sampled_from(["490", "495", "500", "505", "510"]),
+            st.sampled_from("CP"),
+        ).map("".join),
+        st.integers(min_value=1, max_value=3),
+        expiration=st.sampled_from([EXP, EXP2]),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@given(_random_legs, st.randoms(use_true_random=False))
+def test_classification_ignores_order_and_needs_one_quantity(legs: list[Leg], rnd: Random) -> None:
+    shuffled = list(legs)
+    rnd.shuffle(shuffled)
+    strategy = classify(legs)
+    assert classify(shuffled) is strategy
+    assert Spread.from_legs(shuffled) == Spread.from_legs(legs)
+    if strategy is not Strategy.CUSTOM and len(legs) > 1:
+        assert len({x.quantity for x in legs}) == 1
+        assert len({x.symbol.expiration for x in legs}) == 1
+        assert {x.side for x in legs} == {Side.LONG, Side.SHORT}
