@@ -15,8 +15,9 @@ Rules the bridge follows (see DESIGN section 4):
   shielded from cancellation, with a deadline of their own, so a cancelled task never leaves a
   transaction open on a pooled connection.
 - asyncpg's exceptions are translated at this boundary (``storage.errors``).
-- jsonb and json columns are Python values on our side, encoded and decoded with msgspec; JSON
-  numbers with a fraction decode to ``Decimal``, never ``float`` (money lives in those documents).
+- jsonb and json columns are Python values on our side, encoded and decoded with msgspec.
+  ``Decimal`` is written as a JSON number (PostgreSQL keeps it exact), and JSON numbers with a
+  fraction decode to ``Decimal``, never ``float``: money lives in those documents.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import contextlib
 import decimal
 import pathlib
 import urllib.parse
-from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -81,7 +82,7 @@ _EXIT_DEADLINE = 30.0
 # How long closing the pool may wait for connections still in use before terminating them.
 _CLOSE_DEADLINE = 10.0
 
-_json_encoder = msgspec.json.Encoder(decimal_format="string")
+_json_encoder = msgspec.json.Encoder(decimal_format="number")
 _json_decoder = msgspec.json.Decoder(float_hook=decimal.Decimal)
 
 
@@ -106,13 +107,30 @@ class _Bridge:
         self.loop = loop
         self.target = target
 
-    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+    async def call(
+        self,
+        operation: Callable[[], Coroutine[Any, Any, T]],
+        *,
+        session_lost: Callable[[BaseException], bool] = lambda exc: False,
+    ) -> T:
+        """Run ``operation()`` (which makes the asyncpg coroutine) on the loop.
+
+        ``session_lost(exc)`` says, after a failure, whether the connection it ran on is gone:
+        asyncpg reports a session the server ended under it in several ways (an internal
+        protocol error, "released back to the pool"), all meaning the database went away.
+        """
         try:
-            result: T = await self.loop.run_aio_coroutine(coro)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            raise translate(exc, target=self.target) from exc
-        except asyncpg.exceptions.InternalClientError as exc:
-            raise translate(exc, target=self.target) from exc
+            # The coroutine is made inside the try: a pool proxy whose connection died raises
+            # as soon as the method is called.
+            result: T = await self.loop.run_aio_coroutine(operation())
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError,
+            OSError,
+            TimeoutError,
+        ) as exc:
+            raise translate(exc, target=self.target, session_lost=session_lost(exc)) from exc
         return result
 
 
@@ -122,21 +140,33 @@ class Connection:
     def __init__(self, raw: Any, bridge: _Bridge) -> None:
         self._raw = raw  # asyncpg connection (a pool proxy)
         self._bridge = bridge
+        self._released = False  # set when its acquire() block ends
+
+    async def _call(self, operation: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        return await self._bridge.call(operation, session_lost=self._session_lost)
+
+    def _session_lost(self, _exc: BaseException) -> bool:
+        if self._released:
+            return False  # used after its block: a bug, not an outage
+        try:
+            return bool(self._raw.is_closed())
+        except asyncpg.InterfaceError:
+            return True  # the pool detached it because the connection died
 
     async def execute(self, query: str, *args: object) -> str:
-        return await self._bridge.call(self._raw.execute(query, *args))
+        return await self._call(lambda: self._raw.execute(query, *args))
 
     async def fetch(self, query: str, *args: object) -> list[Row]:
-        return await self._bridge.call(self._raw.fetch(query, *args))
+        return await self._call(lambda: self._raw.fetch(query, *args))
 
     async def fetchrow(self, query: str, *args: object) -> Row | None:
-        return await self._bridge.call(self._raw.fetchrow(query, *args))
+        return await self._call(lambda: self._raw.fetchrow(query, *args))
 
     async def fetchval(self, query: str, *args: object, column: int = 0) -> Any:
-        return await self._bridge.call(self._raw.fetchval(query, *args, column=column))
+        return await self._call(lambda: self._raw.fetchval(query, *args, column=column))
 
     async def executemany(self, command: str, args: Iterable[Sequence[object]]) -> None:
-        await self._bridge.call(self._raw.executemany(command, args))
+        await self._call(lambda: self._raw.executemany(command, args))
 
     async def copy_records_to_table(
         self,
@@ -147,8 +177,8 @@ class Connection:
         schema_name: str | None = None,
     ) -> str:
         """Bulk insert with COPY: the fastest way to write a batch (the audit writer's)."""
-        return await self._bridge.call(
-            self._raw.copy_records_to_table(
+        return await self._call(
+            lambda: self._raw.copy_records_to_table(
                 table_name, records=records, columns=columns, schema_name=schema_name
             )
         )
@@ -163,18 +193,20 @@ class Connection:
         """A transaction (a savepoint when nested): committed if the block ends normally,
         rolled back if it raises or is cancelled. Commit and rollback are shielded."""
         tx = self._raw.transaction(isolation=isolation, readonly=readonly, deferrable=deferrable)
-        await self._bridge.call(tx.start())
+        await self._call(tx.start)
         try:
             yield self
         except BaseException:
-            await self._finish(tx.rollback(), rolling_back=True)
+            await self._finish(tx.rollback, rolling_back=True)
             raise
-        await self._finish(tx.commit(), rolling_back=False)
+        await self._finish(tx.commit, rolling_back=False)
 
-    async def _finish(self, coro: Coroutine[Any, Any, None], *, rolling_back: bool) -> None:
+    async def _finish(
+        self, operation: Callable[[], Coroutine[Any, Any, None]], *, rolling_back: bool
+    ) -> None:
         with trio.move_on_after(_EXIT_DEADLINE, shield=True) as scope:
             try:
-                await self._bridge.call(coro)
+                await self._call(operation)
             except DatabaseError:
                 # A session whose transaction state we no longer know must not go back to the
                 # pool: terminating it makes the server roll back whatever is left.
@@ -212,7 +244,7 @@ class Notifications:
             return await self._receive.receive()
         except trio.EndOfChannel:
             raise DatabaseUnavailable(
-                f"lost the database at {self._target} while listening on {self.channel!r}"
+                f"lost the connection to {self._target} while listening on {self.channel!r}"
             ) from None
 
     def __aiter__(self) -> Notifications:
@@ -239,20 +271,25 @@ class Database:
         """The server, as messages name it (no password)."""
         return self._bridge.target
 
+    async def _call(self, operation: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        # The pool gives each call a connection of its own, so an internal protocol error
+        # cannot be our concurrent use of one session: it is a session the server ended.
+        return await self._bridge.call(operation, session_lost=_internal_error_in_flight)
+
     async def execute(self, query: str, *args: object) -> str:
-        return await self._bridge.call(self._pool.execute(query, *args))
+        return await self._call(lambda: self._pool.execute(query, *args))
 
     async def fetch(self, query: str, *args: object) -> list[Row]:
-        return await self._bridge.call(self._pool.fetch(query, *args))
+        return await self._call(lambda: self._pool.fetch(query, *args))
 
     async def fetchrow(self, query: str, *args: object) -> Row | None:
-        return await self._bridge.call(self._pool.fetchrow(query, *args))
+        return await self._call(lambda: self._pool.fetchrow(query, *args))
 
     async def fetchval(self, query: str, *args: object, column: int = 0) -> Any:
-        return await self._bridge.call(self._pool.fetchval(query, *args, column=column))
+        return await self._call(lambda: self._pool.fetchval(query, *args, column=column))
 
     async def executemany(self, command: str, args: Iterable[Sequence[object]]) -> None:
-        await self._bridge.call(self._pool.executemany(command, args))
+        await self._call(lambda: self._pool.executemany(command, args))
 
     async def copy_records_to_table(
         self,
@@ -262,8 +299,8 @@ class Database:
         columns: Sequence[str] | None = None,
         schema_name: str | None = None,
     ) -> str:
-        return await self._bridge.call(
-            self._pool.copy_records_to_table(
+        return await self._call(
+            lambda: self._pool.copy_records_to_table(
                 table_name, records=records, columns=columns, schema_name=schema_name
             )
         )
@@ -271,15 +308,17 @@ class Database:
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
         """One connection from the pool for the block (returned to the pool, shielded)."""
-        raw = await self._bridge.call(self._pool.acquire())
+        raw = await self._call(self._pool.acquire)
+        conn = Connection(raw, self._bridge)
         try:
-            yield Connection(raw, self._bridge)
+            yield conn
         finally:
+            conn._released = True
             with trio.move_on_after(_EXIT_DEADLINE, shield=True):
                 # A connection that cannot be released cleanly is discarded by the pool; that
                 # is not worth masking the block's own outcome for.
                 with contextlib.suppress(DatabaseError):
-                    await self._bridge.call(self._pool.release(raw))
+                    await self._call(lambda: self._pool.release(raw))
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -321,18 +360,19 @@ class Database:
 
         async with self.acquire() as conn:
             raw = conn._raw
-            await self._bridge.call(raw.add_listener(channel, on_notification))
+            await conn._call(lambda: raw.add_listener(channel, on_notification))
             raw.add_termination_listener(on_termination)
             try:
                 with receive:
                     yield notifications
             finally:
-                raw.remove_termination_listener(on_termination)
                 send.close()
                 if not notifications.lost:
+                    # (A lost connection is detached from its proxy: nothing left to remove.)
+                    raw.remove_termination_listener(on_termination)
                     with trio.move_on_after(_EXIT_DEADLINE, shield=True):
                         with contextlib.suppress(DatabaseError):
-                            await self._bridge.call(raw.remove_listener(channel, on_notification))
+                            await conn._call(lambda: raw.remove_listener(channel, on_notification))
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(
@@ -411,6 +451,10 @@ async def _asyncio_loop() -> AsyncIterator[Any]:
         raise unwrapped
 
 
+def _internal_error_in_flight(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.exceptions.InternalClientError)
+
+
 def _wraps_only(group: BaseExceptionGroup[Any], target: BaseException) -> bool:
     """True when ``group`` is ``target`` wrapped in single-member groups, and nothing else."""
     exc: BaseException = group
@@ -440,7 +484,7 @@ async def _pool(
     finally:
         with trio.move_on_after(_CLOSE_DEADLINE, shield=True) as scope:
             with contextlib.suppress(DatabaseError):
-                await bridge.call(pool.close())
+                await bridge.call(pool.close)
         if scope.cancelled_caught:
             pool.terminate()
 
@@ -453,7 +497,8 @@ async def _connecting(bridge: _Bridge, connect_timeout: float, coro: Coroutine[A
     """
     try:
         with trio.fail_after(connect_timeout):
-            return await bridge.loop.run_aio_coroutine(coro)
+            result: T = await bridge.loop.run_aio_coroutine(coro)
+            return result
     except trio.TooSlowError as exc:
         raise DatabaseUnavailable(
             f"cannot connect to {bridge.target}: no answer within {connect_timeout:g} s"
@@ -492,18 +537,35 @@ async def _ensure_app_database(
 
 
 async def _init_connection(conn: Any) -> None:
-    for type_name in ("jsonb", "json"):
-        await conn.set_type_codec(
-            type_name,
-            schema="pg_catalog",
-            encoder=_encode_json,
-            decoder=_json_decoder.decode,
-            format="text",
-        )
+    # Binary codecs: COPY (the audit writer's batches) only speaks the binary format. jsonb's
+    # binary form is a version byte (1) followed by the JSON text; json's is the text alone.
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        format="binary",
+    )
+    await conn.set_type_codec(
+        "json",
+        schema="pg_catalog",
+        encoder=_json_encoder.encode,
+        decoder=_json_decoder.decode,
+        format="binary",
+    )
 
 
-def _encode_json(value: object) -> str:
-    return _json_encoder.encode(value).decode()
+_JSONB_VERSION = b"\x01"
+
+
+def _encode_jsonb(value: object) -> bytes:
+    return _JSONB_VERSION + _json_encoder.encode(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    if data[:1] != _JSONB_VERSION:
+        raise ValueError(f"unknown jsonb binary format version {data[:1]!r}")
+    return _json_decoder.decode(data[1:])
 
 
 def describe_url(url: str) -> str:

@@ -85,14 +85,18 @@ def describe_reason(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def translate(exc: BaseException, *, target: str) -> BaseException:
-    """The exception to raise instead of ``exc`` (``exc`` itself if it is not asyncpg's)."""
-    if is_connection_error(exc):
-        return DatabaseUnavailable(f"lost the database at {target}: {describe_reason(exc)}")
+def translate(exc: BaseException, *, target: str, session_lost: bool = False) -> BaseException:
+    """The exception to raise instead of ``exc`` (``exc`` itself if it is not asyncpg's).
+
+    ``session_lost``: the connection the operation ran on is known to be gone, whatever
+    ``exc`` says (asyncpg reports a session ended by the server in several ways).
+    """
+    if session_lost or is_connection_error(exc):
+        return DatabaseUnavailable(f"lost the connection to {target}: {describe_reason(exc)}")
     if isinstance(exc, asyncpg.PostgresError):
         return _query_error(exc)
     if isinstance(exc, asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError):
-        return DatabaseError(f"database client error at {target}: {describe_reason(exc)}")
+        return DatabaseError(f"database client error with {target}: {describe_reason(exc)}")
     return exc
 
 
