@@ -48,7 +48,8 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("db", "engine.cli_db"),
     ("demo", "engine.cli_demo"),
     # The simulator's commands (`spreadwatch sim`, `spreadwatch scenario run`) register here:
-    # ("sim", "sim.cli"),
+    ("sim", "sim.cli"),
+    ("scenario", "sim.cli"),
 )
 
 # flag -> (argparse dest, config key). These feed load_config's command-line layer.

@@ -521,6 +521,14 @@ def load_scenario(path: str | Path) -> Scenario:
     scenario = parse_scenario(text, source=str(path))
     base = str(path.resolve().parent)
     scenario = msgspec.structs.replace(scenario, base_dir=base, name=scenario.name or path.stem)
+    from sim.paths import build_path  # paths imports this module
+
+    for index, underlying in enumerate(scenario.underlyings):
+        if isinstance(underlying.path, ReplayPath):
+            try:
+                build_path(scenario, index)  # read the replay file now, not mid-run
+            except ScenarioError as exc:
+                raise ScenarioError(f"{path}: {exc}") from exc
     return scenario
 
 
