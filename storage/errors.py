@@ -106,8 +106,9 @@ def _query_error(exc: Any) -> QueryError:
     table_name: str | None = getattr(exc, "table_name", None)
     message = describe_reason(exc)
     detail = getattr(exc, "detail", None)
-    if detail:
-        message = f"{message} ({' '.join(str(detail).split())})"
+    detail_line = " ".join(str(detail).split()) if detail else ""
+    if detail_line and detail_line not in message:  # asyncpg's text may already include it
+        message = f"{message} ({detail_line})"
     message = f"{message} [SQLSTATE {sqlstate}]"
     raw_position = getattr(exc, "position", None)
     position = int(raw_position) if raw_position and str(raw_position).isdigit() else None
