@@ -255,7 +255,7 @@ class Broker:
         order.id = next(self._ids)
         order.reject_after_accept = reject_after
         self.orders[order.id] = order
-        self.on_event(order, None)
+        self._notify(order)
         return Placement(order.id)
 
     def preview(self, request: OrderRequest) -> Placement:
@@ -451,10 +451,14 @@ class Broker:
             for leg in order.legs:
                 leg.status = status
         if notify:
-            self.on_event(order, None)
-            if order.order_class == "multileg":
-                for leg in order.legs:
-                    self.on_event(order, leg)
+            self._notify(order)
+
+    def _notify(self, order: Order) -> None:
+        """One account event for the order, then (multileg) one per leg."""
+        self.on_event(order, None)
+        if order.order_class == "multileg":
+            for leg in order.legs:
+                self.on_event(order, leg)
 
     # -- outside the API --------------------------------------------------------------------
 
