@@ -1,0 +1,265 @@
+"""The exit rules at their boundaries, for credit and debit spreads (and an iron condor), the
+priority order, the stop's debounce, trailing, tiers across a restart, guards and replay."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.domain import Leg, OptionSymbol, Side, Spread, is_credit
+from engine.domain.exit_plan import ExitPlan, ScaleOutTier, default_plan
+from engine.domain.exit_rules import (
+    PRIORITY,
+    Decision,
+    Evaluation,
+    ExitAction,
+    MarketSnapshot,
+    PersistedWatchState,
+    PositionFacts,
+    Rule,
+    WatchState,
+    evaluate,
+    replay,
+)
+from engine.domain.guards import TimedQuote
+from engine.domain.volatility import bs_price, years_to_expiry
+
+D = Decimal
+NY = ZoneInfo("America/New_York")
+EXP = dt.date(2025, 6, 20)
+NOW = dt.datetime(2025, 6, 10, 11, 0, tzinfo=NY)  # 10 days to expiration
+OPENED = dt.datetime(2025, 6, 2, 10, 0, tzinfo=NY)
+
+
+def spread(*specs: str, quantity: int = 1, expiration: dt.date = EXP) -> Spread:
+    """``spread("-500P", "+495P")``: a short 500 put and a long 495 put."""
+    legs = []
+    for spec in specs:
+        strike = D(spec[1:-1])
+        text = f"SPY{expiration:%y%m%d}{spec[-1]}{int(strike * 1000):08d}"
+        side = Side.LONG if spec[0] == "+" else Side.SHORT
+        legs.append(Leg(symbol=OptionSymbol.parse(text), side=side, quantity=quantity))
+    return Spread.from_legs(legs)
+
+
+PUT_CREDIT = spread("-500P", "+495P")  # entry 1.00: max profit 1.00, max loss 4.00
+CALL_DEBIT = spread("+500C", "-505C")  # entry 2.00: max profit 3.00, max loss 2.00
+CONDOR = spread("+490P", "-495P", "-505C", "+510C")  # entry 1.50: max profit 1.50, loss 3.50
+BEAR_CALL = spread("-505C", "+510C")
+ENTRY = {PUT_CREDIT: D("1.00"), CALL_DEBIT: D("2.00"), CONDOR: D("1.50"), BEAR_CALL: D("1.00")}
+
+
+def facts(sp: Spread = PUT_CREDIT, entry: Decimal | None = None, **kw: object) -> PositionFacts:
+    fields: dict[str, object] = {"opening_quantity": sp.quantity, "opened_at": OPENED, **kw}
+    return PositionFacts(spread=sp, entry_price=ENTRY[sp] if entry is None else entry, **fields)  # type: ignore[arg-type]
+
+
+def quotes(sp: Spread, close: Decimal, other: Decimal = D("0.50")) -> tuple[TimedQuote, ...]:
+    """Leg quotes whose mark close price is ``close``: every leg locked at ``other`` except the
+    first leg on the entry side (short for credit, long for debit), quoted 0.02 wide."""
+    credit = is_credit(sp.strategy)
+    chosen = next(i for i, one in enumerate(sp.legs) if one.is_short == credit)
+    same = sum(1 for one in sp.legs if one.is_short == credit) - 1
+    mid = close - other * same + other * (len(sp.legs) - same - 1)
+    out = [TimedQuote(bid=other, ask=other) for _ in sp.legs]
+    out[chosen] = TimedQuote(bid=mid - D("0.01"), ask=mid + D("0.01"))
+    return tuple(out)
+
+
+def snap(
+    sp: Spread,
+    close: Decimal | str,
+    *,
+    t: float = 0.0,
+    at: dt.datetime = NOW,
+    underlying: Decimal | None = D(510),
+    underlying_age: float = 0.0,
+    legs: tuple[TimedQuote | None, ...] | None = None,
+) -> MarketSnapshot:
+    return MarketSnapshot(
+        legs=quotes(sp, D(close)) if legs is None else legs,
+        underlying_price=underlying,
+        underlying_age_seconds=underlying_age,
+        market_time=at,
+        monotonic=t,
+    )
+
+
+def only(**fields: object) -> ExitPlan:
+    """A plan with every rule off except the given fields."""
+    return msgspec.structs.replace(ExitPlan(), **fields)
+
+
+def fast(plan: ExitPlan) -> ExitPlan:
+    """No debounce: the stop fires on the first breach."""
+    return msgspec.structs.replace(plan, stop_debounce_ticks=1, stop_debounce_seconds=D(0))
+
+
+def run(
+    plan: ExitPlan,
+    close: Decimal | str,
+    *,
+    sp: Spread = PUT_CREDIT,
+    position: PositionFacts | None = None,
+    state: WatchState | None = None,
+    **kw: object,
+) -> Evaluation:
+    position = position or facts(sp)
+    return evaluate(plan, position, state or WatchState(), snap(position.spread, close, **kw))  # type: ignore[arg-type]
+
+
+def fires(evaluation: Evaluation, rule: Rule) -> bool:
+    return rule in evaluation.rules_fired
+
+
+# ---------------------------------------------------------------------------------------------
+# Profit target and stop loss, credit / debit / condor, at their boundaries
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sp", "below", "at", "beyond"),
+    [
+        (PUT_CREDIT, "0.51", "0.50", "0.49"),  # 50 % of a 1.00 credit
+        (CONDOR, "0.76", "0.75", "0.74"),  # 50 % of a 1.50 credit
+        (CALL_DEBIT, "3.79", "3.80", "3.81"),  # 60 % of max profit 3.00 on a 2.00 debit
+    ],
+)
+def test_profit_target_defaults(sp: Spread, below: str, at: str, beyond: str) -> None:
+    plan = default_plan(sp.strategy)
+    assert run(plan, below, sp=sp).decision is Decision.HOLD
+    for close in (at, beyond):
+        result = run(plan, close, sp=sp)
+        assert (result.decision, result.rule, result.action) == (
+            Decision.EXIT,
+            Rule.PROFIT_TARGET,
+            ExitAction.FULL,
+        )
+        assert result.rules_fired == (Rule.PROFIT_TARGET,)
+        assert result.quantity == sp.quantity
+
+
+@pytest.mark.parametrize(
+    ("sp", "entry", "below", "at", "beyond"),
+    [
+        (PUT_CREDIT, "1.00", "1.99", "2.00", "2.01"),  # loss = 100 % of the credit
+        (PUT_CREDIT, "4.00", "8.99", "9.00", "9.01"),  # 100 % of 4.00 capped at max loss 1.00
+        (CONDOR, "1.50", "2.99", "3.00", "3.01"),
+        (CALL_DEBIT, "2.00", "1.01", "1.00", "0.99"),  # 50 % of max loss 2.00
+    ],
+)
+def test_stop_loss_defaults(sp: Spread, entry: str, below: str, at: str, beyond: str) -> None:
+    plan, position = fast(default_plan(sp.strategy)), facts(sp, D(entry))
+    if entry == "4.00":  # the cap: a 4.00 credit on a 5-wide spread can lose only 1.00
+        below, at, beyond = "4.99", "5.00", "5.01"
+    assert not fires(run(plan, below, position=position), Rule.STOP_LOSS)
+    for close in (at, beyond):
+        result = run(plan, close, position=position)
+        assert (result.decision, result.rule) == (Decision.EXIT, Rule.STOP_LOSS)
+        assert result.thresholds["stop_loss_limit"] == (D("1.00") if sp is not CONDOR else D("1.50"))
+
+
+def test_metrics_report_mark_and_natural() -> None:
+    result = run(default_plan(PUT_CREDIT.strategy), "0.80", sp=PUT_CREDIT)
+    metrics = result.metrics
+    assert metrics is not None
+    assert (metrics.mark_close_price, metrics.natural_close_price) == (D("0.80"), D("0.81"))
+    assert (metrics.pnl, metrics.natural_pnl, metrics.pnl_dollars) == (D("0.20"), D("0.19"), D(20))
+    assert (metrics.profit_fraction, metrics.loss_fraction) == (D("0.2"), D("-0.05"))
+    assert (metrics.days_to_expiration, metrics.days_in_trade) == (10, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stop's debounce
+# ---------------------------------------------------------------------------------------------
+
+
+def ticks(plan: ExitPlan, steps: list[tuple[float, str] | tuple[float, str, bool]]) -> list[Evaluation]:
+    """Evaluate a sequence of (trio time, close[, crossed]) ticks, threading the state."""
+    state, out = WatchState(), []
+    for step in steps:
+        t, close = step[0], D(step[1])
+        legs = quotes(PUT_CREDIT, close)
+        if len(step) == 3:  # a crossed bad print on the short leg (legs[1]) at that close
+            short = legs[1]
+            legs = (legs[0], TimedQuote(bid=short.ask, ask=short.bid))
+        result = evaluate(plan, facts(), state, snap(PUT_CREDIT, close, t=t, legs=legs))
+        state = result.new_state
+        out.append(result)
+    return out
+
+
+STOP = default_plan(PUT_CREDIT.strategy)  # 3 ticks spanning 2 s; stop at close 2.00
+
+
+def test_debounce_two_ticks_are_not_enough() -> None:
+    assert [r.decision for r in ticks(STOP, [(0, "2.5"), (5, "2.5")])] == [Decision.HOLD] * 2
+
+
+def test_debounce_three_ticks_within_two_seconds_are_not_enough() -> None:
+    results = ticks(STOP, [(0, "2.5"), (0.5, "2.5"), (1.99, "2.5"), (2.0, "2.5")])
+    assert [r.decision for r in results[:3]] == [Decision.HOLD] * 3
+    assert results[2].new_state.stop_breach_count == 3
+    assert (results[3].decision, results[3].rule) == (Decision.EXIT, Rule.STOP_LOSS)
+
+
+def test_debounce_three_ticks_spanning_two_seconds_fire() -> None:
+    results = ticks(STOP, [(10, "2.0"), (11, "2.5"), (12, "2.0")])
+    assert [r.decision for r in results] == [Decision.HOLD, Decision.HOLD, Decision.EXIT]
+    assert results[2].rule is Rule.STOP_LOSS
+
+
+def test_debounce_a_tick_back_inside_resets() -> None:
+    results = ticks(STOP, [(0, "2.5"), (1, "2.5"), (1.5, "1.99"), (2, "2.5"), (3, "2.5"), (4, "2.5")])
+    assert results[2].new_state.stop_breach_count == 0
+    assert [r.decision for r in results[:5]] == [Decision.HOLD] * 5
+    assert results[5].decision is Decision.EXIT
+    assert results[5].new_state.stop_first_breach_at == 2
+
+
+def test_debounce_does_not_move_on_a_guarded_tick() -> None:
+    # A crossed print inside the stop neither resets the count nor adds to it.
+    results = ticks(STOP, [(0, "2.5"), (1, "2.5"), (1.5, "1.0", True), (2, "2.5")])
+    assert results[2].new_state.stop_breach_count == 2
+    assert results[3].decision is Decision.EXIT
+    # A crossed print beyond the stop does not count as the third tick either.
+    results = ticks(STOP, [(0, "2.5"), (1, "2.5"), (2, "2.5", True), (2.5, "1.0")])
+    assert results[2].decision is Decision.HOLD and results[2].guard_reasons
+    assert results[2].new_state.stop_breach_count == 2
+    assert results[3].new_state.stop_breach_count == 0
+
+
+def test_a_due_stop_on_a_guarded_tick_is_held_and_says_so() -> None:
+    state = WatchState(stop_breach_count=3, stop_first_breach_at=0.0)
+    legs = (TimedQuote(bid=D("0.5"), ask=D("0.5")), TimedQuote(bid=D("3.1"), ask=D("3.0")))
+    result = evaluate(STOP, facts(), state, snap(PUT_CREDIT, "0", t=3, legs=legs))
+    assert (result.decision, result.rule) == (Decision.HELD_BY_GUARD, Rule.STOP_LOSS)
+    assert result.guard_reasons == (f"crossed:{PUT_CREDIT.legs[1].occ}",)
+
+
+@given(
+    close=st.decimals("-0.40", "5.50", places=2),
+    worse=st.decimals("0", "3", places=2),
+    count=st.integers(0, 5),
+    first=st.sampled_from([None, 0.0, 1.0, 2.5]),
+    debit=st.booleans(),
+)
+def test_a_worse_mark_never_turns_a_stop_into_a_hold(
+    close: Decimal, worse: Decimal, count: int, first: float | None, debit: bool
+) -> None:
+    sp = CALL_DEBIT if debit else PUT_CREDIT
+    state = WatchState(stop_breach_count=0 if first is None else count, stop_first_breach_at=first)
+    plan = default_plan(sp.strategy)
+    worse_close = close - worse if debit else close + worse
+    if debit and worse_close < D("-0.40"):
+        return
+    base = evaluate(plan, facts(sp), state, snap(sp, close, t=3))
+    if base.rule is Rule.STOP_LOSS:
+        later = evaluate(plan, facts(sp), state, snap(sp, worse_close, t=3))
+        assert (later.decision, later.rule) == (Decision.EXIT, Rule.STOP_LOSS)
