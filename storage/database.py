@@ -46,6 +46,7 @@ __all__ = [
     "Notifications",
     "PoolStatistics",
     "Row",
+    "describe_url",
     "open_database",
 ]
 
@@ -184,7 +185,14 @@ class Connection:
         )
 
     def is_in_transaction(self) -> bool:
-        return bool(self._raw.is_in_transaction())
+        try:
+            return bool(self._raw.is_in_transaction())
+        except asyncpg.InterfaceError:
+            return False  # the connection is gone, and its transaction with it
+
+    def _terminate(self) -> None:
+        with contextlib.suppress(asyncpg.InterfaceError):  # already detached: nothing to end
+            self._raw.terminate()
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -192,7 +200,14 @@ class Connection:
     ) -> AsyncIterator[Connection]:
         """A transaction (a savepoint when nested): committed if the block ends normally,
         rolled back if it raises or is cancelled. Commit and rollback are shielded."""
-        tx = self._raw.transaction(isolation=isolation, readonly=readonly, deferrable=deferrable)
+        try:
+            tx = self._raw.transaction(
+                isolation=isolation, readonly=readonly, deferrable=deferrable
+            )
+        except asyncpg.InterfaceError as exc:  # a proxy whose connection died raises at once
+            raise translate(
+                exc, target=self._bridge.target, session_lost=self._session_lost(exc)
+            ) from exc
         await self._call(tx.start)
         try:
             yield self
@@ -207,16 +222,17 @@ class Connection:
         with trio.move_on_after(_EXIT_DEADLINE, shield=True) as scope:
             try:
                 await self._call(operation)
-            except DatabaseError:
-                # A session whose transaction state we no longer know must not go back to the
+            except DatabaseError as exc:
+                # A session still in a transaction it could not end must not go back to the
                 # pool: terminating it makes the server roll back whatever is left.
-                self._raw.terminate()
+                if isinstance(exc, DatabaseUnavailable) or self.is_in_transaction():
+                    self._terminate()
                 if not rolling_back:
                     raise
                 # The error that made us roll back is the one worth raising, not this one.
                 return
         if scope.cancelled_caught:
-            self._raw.terminate()
+            self._terminate()
             if not rolling_back:
                 raise DatabaseUnavailable(
                     f"no answer from {self._bridge.target} to a commit within "

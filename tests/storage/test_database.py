@@ -14,6 +14,7 @@ import trio_asyncio
 
 from engine.errors import DatabaseError, DatabaseUnavailable
 from storage import Database, IntegrityError, QueryError, open_database
+from storage.database import describe_url
 
 pytestmark = pytest.mark.storage
 
@@ -259,3 +260,13 @@ async def test_listen_reports_a_lost_connection(db: Database) -> None:
 async def test_database_errors_are_spreadwatch_errors(db: Database) -> None:
     with pytest.raises(DatabaseError):
         await db.fetchval("SELECT 1/0")
+
+
+def test_servers_are_named_without_passwords() -> None:
+    assert describe_url("postgresql://app:s3cret@db.example:6543/trading") == (
+        "PostgreSQL at db.example:6543 (database trading, user app)"
+    )
+    assert describe_url("postgresql://postgres@/spreadwatch?host=/run/pg&port=5432") == (
+        "PostgreSQL at socket /run/pg (database spreadwatch, user postgres)"
+    )
+    assert "s3cret" not in describe_url("postgresql://app:s3cret@[::1]:5432/x")
