@@ -52,12 +52,12 @@ PUT_CREDIT = spread("-500P", "+495P")  # entry 1.00: max profit 1.00, max loss 4
 CALL_DEBIT = spread("+500C", "-505C")  # entry 2.00: max profit 3.00, max loss 2.00
 CONDOR = spread("+490P", "-495P", "-505C", "+510C")  # entry 1.50: max profit 1.50, loss 3.50
 BEAR_CALL = spread("-505C", "+510C")
-ENTRY = {PUT_CREDIT: D("1.00"), CALL_DEBIT: D("2.00"), CONDOR: D("1.50"), BEAR_CALL: D("1.00")}
+ENTRY = {s.strategy: D(e) for s, e in [(PUT_CREDIT, "1"), (CALL_DEBIT, "2"), (CONDOR, "1.5"), (BEAR_CALL, "1")]}
 
 
 def facts(sp: Spread = PUT_CREDIT, entry: Decimal | None = None, **kw: object) -> PositionFacts:
     fields: dict[str, object] = {"opening_quantity": sp.quantity, "opened_at": OPENED, **kw}
-    return PositionFacts(spread=sp, entry_price=ENTRY[sp] if entry is None else entry, **fields)  # type: ignore[arg-type]
+    return PositionFacts(spread=sp, entry_price=ENTRY[sp.strategy] if entry is None else entry, **fields)  # type: ignore[arg-type]
 
 
 def quotes(sp: Spread, close: Decimal, other: Decimal = D("0.50")) -> tuple[TimedQuote, ...]:
@@ -263,3 +263,174 @@ def test_a_worse_mark_never_turns_a_stop_into_a_hold(
     if base.rule is Rule.STOP_LOSS:
         later = evaluate(plan, facts(sp), state, snap(sp, worse_close, t=3))
         assert (later.decision, later.rule) == (Decision.EXIT, Rule.STOP_LOSS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trailing profit and scale-out tiers (never re-firing across a restart)
+# ---------------------------------------------------------------------------------------------
+
+TRAIL = only(trailing_arm=D("0.25"), trailing_giveback=D("0.10"))
+
+
+def sequence(plan: ExitPlan, closes: list[str], state: WatchState | None = None, **kw: object) -> list[Evaluation]:
+    state, out = state or WatchState(), []
+    for close in closes:
+        out.append(run(plan, close, state=state, **kw))
+        state = out[-1].new_state
+    return out
+
+
+def test_trailing_does_not_arm_below_the_arm_level() -> None:
+    results = sequence(TRAIL, ["0.76", "0.99", "1.50"])  # profit 0.24, then 0.01, then a loss
+    assert [r.decision for r in results] == [Decision.HOLD] * 3
+    assert not results[-1].new_state.trailing_armed
+    assert results[0].new_state.high_water_mark == D("0.24")
+
+
+def test_trailing_arms_at_the_level_and_fires_on_the_giveback() -> None:
+    results = sequence(TRAIL, ["0.75", "0.84", "0.85"])  # 0.25 arms; 0.16 holds; 0.15 fires
+    assert results[0].new_state.trailing_armed
+    assert [r.decision for r in results] == [Decision.HOLD, Decision.HOLD, Decision.EXIT]
+    assert results[2].rule is Rule.TRAILING_PROFIT
+    assert results[2].thresholds["trailing_fire_at"] == D("0.15")
+
+
+def test_trailing_follows_the_high_water_mark_and_survives_a_restart() -> None:
+    results = sequence(TRAIL, ["0.70", "0.60", "0.69"])  # hwm 0.40; 0.31 holds
+    assert results[-1].decision is Decision.HOLD
+    saved = msgspec.json.encode(results[-1].new_state.persisted())
+    restored = WatchState.from_persisted(msgspec.json.decode(saved, type=PersistedWatchState))
+    assert restored.high_water_mark == D("0.40")
+    after = run(TRAIL, "0.70", state=restored)  # 0.30 = 0.40 - 0.10
+    assert (after.decision, after.rule) == (Decision.EXIT, Rule.TRAILING_PROFIT)
+
+
+def test_trailing_on_a_debit_spread() -> None:
+    # Max profit 3.00: arms at 0.75 of profit (close 2.75), fires 0.30 of profit lower.
+    results = sequence(TRAIL, ["2.74", "2.75", "2.46", "2.45"], sp=CALL_DEBIT)
+    assert [r.decision for r in results] == [Decision.HOLD] * 3 + [Decision.EXIT]
+
+
+TIERS = only(
+    scale_out_tiers=(ScaleOutTier(D("0.3"), D("0.5")), ScaleOutTier(D("0.6"), D("0.25")))
+)
+FOUR = facts(PUT_CREDIT.with_quantity(4))
+
+
+def test_tier_fires_at_its_level_for_a_fraction_of_the_opening_quantity() -> None:
+    assert run(TIERS, "0.71", position=FOUR).decision is Decision.HOLD
+    for close in ("0.70", "0.69"):
+        result = run(TIERS, close, position=FOUR)
+        assert (result.decision, result.rule, result.action) == (
+            Decision.EXIT,
+            Rule.SCALE_OUT,
+            ExitAction.PARTIAL,
+        )
+        assert (result.quantity, result.tiers, result.new_state.fired_tiers) == (2, (0,), (0,))
+
+
+def test_tiers_never_refire_after_a_restart() -> None:
+    first = run(TIERS, "0.65", position=FOUR)
+    assert first.tiers == (0,)
+    # The trade now holds 2 spreads; the engine restarts from what was persisted.
+    two = facts(PUT_CREDIT.with_quantity(2), opening_quantity=4)
+    saved = msgspec.json.encode(first.new_state.persisted())
+    restored = WatchState.from_persisted(msgspec.json.decode(saved, type=PersistedWatchState))
+    for close in ("0.70", "0.65", "0.45"):
+        assert run(TIERS, close, position=two, state=restored).decision is Decision.HOLD
+    second = run(TIERS, "0.40", position=two, state=restored)
+    assert (second.quantity, second.tiers, second.action) == (1, (1,), ExitAction.PARTIAL)
+    assert second.new_state.fired_tiers == (0, 1)
+    assert run(TIERS, "0.10", position=two, state=second.new_state).decision is Decision.HOLD
+
+
+def test_tiers_reached_together_fire_together() -> None:
+    result = run(TIERS, "0.30", position=FOUR)
+    assert (result.tiers, result.quantity, result.action) == ((0, 1), 3, ExitAction.PARTIAL)
+
+
+@pytest.mark.parametrize(
+    ("opening", "current", "fraction", "quantity", "action"),
+    [
+        (3, 3, "0.5", 1, ExitAction.PARTIAL),  # 1.5 rounds down
+        (4, 1, "0.5", 1, ExitAction.FULL),  # never more than the trade holds
+        (1, 1, "0.25", 1, ExitAction.FULL),  # at least one, which is everything
+        (4, 4, "1", 4, ExitAction.FULL),  # a tier that closes everything is a full exit
+        (10, 10, "0.33", 3, ExitAction.PARTIAL),
+    ],
+)
+def test_tier_quantity(
+    opening: int, current: int, fraction: str, quantity: int, action: ExitAction
+) -> None:
+    plan = only(scale_out_tiers=(ScaleOutTier(D("0.3"), D(fraction)),))
+    position = facts(PUT_CREDIT.with_quantity(current), opening_quantity=opening)
+    result = run(plan, "0.5", position=position)
+    assert (result.quantity, result.action) == (quantity, action)
+
+
+# ---------------------------------------------------------------------------------------------
+# Time: DTE / expiration day (New York time, across DST) and days in trade
+# ---------------------------------------------------------------------------------------------
+
+DTE = only(dte_exit_days=2)
+
+
+def ny(*args: int) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=NY)
+
+
+@pytest.mark.parametrize(
+    ("at", "expected"),
+    [
+        (ny(2025, 6, 18, 15, 49, 59), False),  # 2 days, a second before 15:50
+        (ny(2025, 6, 18, 15, 50), True),  # 2 days, at 15:50
+        (ny(2025, 6, 18, 16, 30), True),
+        (ny(2025, 6, 17, 15, 55), False),  # 3 days
+        (ny(2025, 6, 19, 15, 50), True),  # 1 day
+        (ny(2025, 6, 20, 9, 30), False),  # expiration day, before the cutoff
+        (ny(2025, 6, 20, 15, 50), True),
+        (ny(2025, 6, 21, 9, 0), True),  # past expiration: any time
+        # 03:30 UTC on the 19th is 23:30 on the 18th in New York: 2 days, after 15:50.
+        (dt.datetime(2025, 6, 19, 3, 30, tzinfo=dt.UTC), True),
+        (dt.datetime(2025, 6, 18, 19, 49, tzinfo=dt.UTC), False),  # 15:49 EDT
+        (dt.datetime(2025, 6, 18, 19, 50, tzinfo=dt.UTC), True),  # 15:50 EDT
+    ],
+)
+def test_expiration_day(at: dt.datetime, expected: bool) -> None:
+    result = run(DTE, "0.8", at=at)
+    assert fires(result, Rule.EXPIRATION_DAY) is expected
+    assert result.decision is (Decision.EXIT if expected else Decision.HOLD)
+
+
+@pytest.mark.parametrize(
+    ("at", "expected"),
+    [
+        # Friday 2025-03-07 is EST (UTC-5): 15:50 is 20:50 UTC.
+        (dt.datetime(2025, 3, 7, 19, 50, tzinfo=dt.UTC), False),
+        (dt.datetime(2025, 3, 7, 20, 49, tzinfo=dt.UTC), False),
+        (dt.datetime(2025, 3, 7, 20, 50, tzinfo=dt.UTC), True),
+        # DST starts Sunday 03-09; Monday 03-10 is EDT (UTC-4): 15:50 is 19:50 UTC.
+        (dt.datetime(2025, 3, 10, 19, 49, tzinfo=dt.UTC), False),
+        (dt.datetime(2025, 3, 10, 19, 50, tzinfo=dt.UTC), True),
+    ],
+)
+def test_expiration_day_across_the_dst_boundary(at: dt.datetime, expected: bool) -> None:
+    sp = spread("-500P", "+495P", expiration=dt.date(2025, 3, 10))  # Friday is 3 days before
+    plan = only(dte_exit_days=3)
+    position = facts(sp, D("1.00"), opened_at=ny(2025, 3, 3, 10, 0))
+    assert fires(run(plan, "0.8", position=position, at=at), Rule.EXPIRATION_DAY) is expected
+
+
+def test_expiration_day_cutoff_is_overridable() -> None:
+    plan = only(dte_exit_days=0, dte_exit_time=dt.time(0, 0))
+    assert fires(run(plan, "0.8", at=ny(2025, 6, 20, 0, 0)), Rule.EXPIRATION_DAY)
+    assert not fires(run(plan, "0.8", at=ny(2025, 6, 19, 23, 59)), Rule.EXPIRATION_DAY)
+
+
+@pytest.mark.parametrize(("day", "expected"), [(5, False), (6, True), (7, True)])
+def test_max_days_in_trade(day: int, expected: bool) -> None:
+    # Opened late on the 1st in New York (the 2nd in UTC): day 6 is 5 New York days later.
+    position = facts(opened_at=dt.datetime(2025, 6, 2, 3, 30, tzinfo=dt.UTC))
+    result = run(only(max_days_in_trade=5), "0.8", position=position, at=ny(2025, 6, day, 9, 31))
+    assert fires(result, Rule.MAX_DAYS) is expected
+    assert result.metrics is not None and result.metrics.days_in_trade == day - 1
