@@ -434,3 +434,190 @@ def test_max_days_in_trade(day: int, expected: bool) -> None:
     result = run(only(max_days_in_trade=5), "0.8", position=position, at=ny(2025, 6, day, 9, 31))
     assert fires(result, Rule.MAX_DAYS) is expected
     assert result.metrics is not None and result.metrics.days_in_trade == day - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Low value, IV crush, short delta (credit only) and the underlying rules
+# ---------------------------------------------------------------------------------------------
+
+
+def test_low_value_credit_boundaries_and_never_on_a_debit() -> None:
+    plan = only(low_value_price=D("0.05"))
+    assert [run(plan, c).decision for c in ("0.06", "0.05", "0.04")] == [
+        Decision.HOLD,
+        Decision.EXIT,
+        Decision.EXIT,
+    ]
+    assert run(plan, "0.05").rule is Rule.LOW_VALUE
+    assert run(plan, "0.01", sp=CALL_DEBIT).decision is Decision.HOLD
+
+
+def test_low_value_with_real_cheap_quotes_is_not_guarded() -> None:
+    # Short 0.05 x 0.10, long wing 0 x 0.05: one tick wide, zero bid on the long leg.
+    legs = (TimedQuote(bid=D(0), ask=D("0.05")), TimedQuote(bid=D("0.05"), ask=D("0.10")))
+    result = evaluate(default_plan(PUT_CREDIT.strategy), facts(), WatchState(), snap(PUT_CREDIT, "0", legs=legs))
+    assert result.metrics is not None and result.metrics.mark_close_price == D("0.05")
+    assert result.guard_reasons == ()
+    assert (result.decision, result.rule) == (Decision.EXIT, Rule.PROFIT_TARGET)
+    assert Rule.LOW_VALUE in result.rules_fired
+
+
+YEARS = years_to_expiry(NOW, EXP)
+
+
+def priced(sp: Spread, vol: float, spot: float = 510) -> tuple[TimedQuote, ...]:
+    """Locked quotes at the Black-Scholes price of each leg at ``vol`` (rounded to 0.0001)."""
+    out = []
+    for one in sp.legs:
+        price = bs_price(one.symbol.right, spot, one.symbol.strike, YEARS, vol, 0.04)
+        value = D(repr(price)).quantize(D("0.0001"))
+        out.append(TimedQuote(bid=value, ask=value))
+    return tuple(out)
+
+
+def model_run(plan: ExitPlan, vol: float, *, sp: Spread = PUT_CREDIT, entry: str = "2.00", **kw: object) -> Evaluation:
+    position = facts(sp, D(entry), **kw)
+    return evaluate(plan, position, WatchState(), snap(sp, "0", legs=priced(sp, vol)))
+
+
+def test_iv_is_computed_locally_from_the_mid() -> None:
+    result = model_run(only(iv_crush_ratio=D("0.85")), 0.20, entry_short_iv=D("0.30"))
+    assert result.metrics is not None and result.metrics.short_iv is not None
+    assert abs(result.metrics.short_iv - D("0.20")) < D("0.001")
+    assert (result.decision, result.rule) == (Decision.EXIT, Rule.IV_CRUSH)
+
+
+def test_iv_crush_at_its_ratio_boundary() -> None:
+    probe = model_run(only(iv_crush_ratio=D("0.5")), 0.20, entry_short_iv=D(1))
+    assert probe.metrics is not None and probe.metrics.short_iv is not None
+    current = probe.metrics.short_iv
+    plan = only(iv_crush_ratio=D("0.5"))  # fires when current <= entry / 2
+    step = D("0.000002")
+    assert not fires(model_run(plan, 0.20, entry_short_iv=2 * current - step), Rule.IV_CRUSH)
+    assert fires(model_run(plan, 0.20, entry_short_iv=2 * current), Rule.IV_CRUSH)
+    assert fires(model_run(plan, 0.20, entry_short_iv=2 * current + step), Rule.IV_CRUSH)
+
+
+def test_iv_crush_needs_the_minimum_profit() -> None:
+    probe = model_run(only(iv_crush_ratio=D("0.85")), 0.20, entry_short_iv=D("0.30"))
+    assert probe.metrics is not None and probe.metrics.profit_fraction is not None
+    fraction = probe.metrics.profit_fraction
+    for minimum, expected in ((fraction, True), (fraction + D("0.000001"), False)):
+        plan = only(iv_crush_ratio=D("0.85"), iv_crush_min_profit=minimum)
+        assert fires(model_run(plan, 0.20, entry_short_iv=D("0.30")), Rule.IV_CRUSH) is expected
+
+
+def test_entry_iv_is_captured_on_the_first_clean_tick() -> None:
+    plan = only(iv_crush_ratio=D("0.85"), iv_crush_min_profit=D("0.15"))
+    position = facts(PUT_CREDIT, D("2.00"))
+    first = evaluate(plan, position, WatchState(), snap(PUT_CREDIT, "0", legs=priced(PUT_CREDIT, 0.30)))
+    assert first.decision is Decision.HOLD
+    assert first.new_state.entry_iv is not None and abs(first.new_state.entry_iv - D("0.30")) < D("0.001")
+    second = evaluate(plan, position, first.new_state, snap(PUT_CREDIT, "0", legs=priced(PUT_CREDIT, 0.20)))
+    assert (second.decision, second.rule) == (Decision.EXIT, Rule.IV_CRUSH)
+    assert second.new_state.entry_iv == first.new_state.entry_iv  # captured once
+
+
+def test_iv_crush_never_on_a_debit_spread_nor_without_an_underlying() -> None:
+    plan = only(iv_crush_ratio=D("0.85"), iv_crush_min_profit=D(-10))
+    debit = model_run(plan, 0.10, sp=CALL_DEBIT, entry_short_iv=D("0.90"))
+    assert debit.decision is Decision.HOLD and debit.metrics is not None
+    assert debit.metrics.short_iv is None
+    legs = priced(PUT_CREDIT, 0.10)
+    blind = evaluate(plan, facts(entry_short_iv=D("0.9")), WatchState(), snap(PUT_CREDIT, "0", legs=legs, underlying=None))
+    assert blind.decision is Decision.HOLD and "underlying_missing" in blind.notes
+
+
+def test_short_delta_above_its_level() -> None:
+    probe = model_run(only(short_delta_max=D("0.99")), 0.30)
+    assert probe.metrics is not None and probe.metrics.short_delta is not None
+    delta = probe.metrics.short_delta
+    assert D("0.05") < delta < D("0.5")  # a short put 2 % out of the money
+    assert not fires(model_run(only(short_delta_max=delta), 0.30), Rule.SHORT_DELTA)
+    assert fires(model_run(only(short_delta_max=delta - D("0.000001")), 0.30), Rule.SHORT_DELTA)
+    condor = model_run(only(short_delta_max=D("0.99")), 0.30, sp=CONDOR, entry="1.5")
+    assert condor.metrics is not None and condor.metrics.short_delta is not None
+    assert condor.metrics.short_delta > delta  # the 505 call is nearer the money than the 500 put
+
+
+@pytest.mark.parametrize(
+    ("sp", "buffer", "hold", "at", "beyond"),
+    [
+        (PUT_CREDIT, "0.01", "495.01", "495", "494.99"),  # 1 % through the 500 strike
+        (PUT_CREDIT, "-0.01", "505.01", "505", "504"),  # a negative buffer warns early
+        (BEAR_CALL, "0", "504.99", "505", "506"),
+        (CONDOR, "0", "495.01", "495", "490"),
+        (CONDOR, "0", "504.99", "505", "520"),
+    ],
+)
+def test_underlying_breach(sp: Spread, buffer: str, hold: str, at: str, beyond: str) -> None:
+    plan = only(underlying_breach_buffer=D(buffer))
+    position = facts(sp)
+    assert run(plan, "0.8", position=position, underlying=D(hold)).decision is Decision.HOLD
+    for spot in (at, beyond):
+        result = run(plan, "0.8", position=position, underlying=D(spot))
+        assert (result.decision, result.rule) == (Decision.EXIT, Rule.UNDERLYING_BREACH)
+
+
+def test_underlying_breach_never_on_a_debit_spread() -> None:
+    plan = only(underlying_breach_buffer=D(0))
+    assert run(plan, "2", sp=CALL_DEBIT, underlying=D(600)).decision is Decision.HOLD
+
+
+@pytest.mark.parametrize(
+    ("sp", "hold", "at", "beyond"),
+    [
+        (PUT_CREDIT, "499.81", "499.80", "499"),  # bullish: 2 % down from 510 is against
+        (CALL_DEBIT, "499.81", "499.80", "450"),
+        (BEAR_CALL, "520.19", "520.20", "530"),  # bearish: up is against
+        (CONDOR, "520.19", "499.80", "520.20"),  # either way
+    ],
+)
+def test_underlying_move_against(sp: Spread, hold: str, at: str, beyond: str) -> None:
+    plan = only(underlying_move_fraction=D("0.02"))
+    position = facts(sp, entry_underlying_price=D(510))
+    assert run(plan, "1", position=position, underlying=D(hold)).decision is Decision.HOLD
+    for spot in (at, beyond):
+        assert run(plan, "1", position=position, underlying=D(spot)).rule is Rule.UNDERLYING_MOVE
+    in_favour = "530" if sp is not BEAR_CALL else "490"
+    if sp is not CONDOR:
+        assert run(plan, "1", position=position, underlying=D(in_favour)).decision is Decision.HOLD
+
+
+def test_underlying_move_measures_from_the_first_clean_tick_without_an_entry_price() -> None:
+    plan = only(underlying_move_fraction=D("0.02"))
+    results = sequence(plan, ["1", "1"], underlying=D(510))
+    assert results[0].new_state.entry_underlying_price == D(510)
+    assert run(plan, "1", state=results[1].new_state, underlying=D("499.80")).rule is Rule.UNDERLYING_MOVE
+
+
+SPIKE = only(underlying_spike_fraction=D("0.01"), underlying_spike_seconds=D(60))
+
+
+@pytest.mark.parametrize(
+    ("sp", "spot", "t", "expected"),
+    [
+        (PUT_CREDIT, "504.9", 30, False),  # exactly 1 %: not more than
+        (PUT_CREDIT, "504.89", 30, True),
+        (PUT_CREDIT, "504.89", 60, True),  # the first sample is still in the window
+        (PUT_CREDIT, "504.89", 60.5, False),  # ... and now it is not
+        (PUT_CREDIT, "520", 30, False),  # up is not against a bullish spread
+        (BEAR_CALL, "515.11", 30, True),
+        (BEAR_CALL, "500", 30, False),
+        (CONDOR, "515.11", 30, True),
+    ],
+)
+def test_underlying_spike(sp: Spread, spot: str, t: float, expected: bool) -> None:
+    position = facts(sp)
+    first = run(SPIKE, "1", position=position, underlying=D(510), t=0.0)
+    result = run(SPIKE, "1", position=position, state=first.new_state, underlying=D(spot), t=t)
+    assert fires(result, Rule.UNDERLYING_SPIKE) is expected
+
+
+def test_spike_samples_are_bounded_and_windowed() -> None:
+    state = WatchState()
+    for i in range(700):
+        state = run(SPIKE, "1", state=state, underlying=D(510), t=i * 0.01).new_state
+    assert len(state.underlying_samples) == 512
+    later = run(SPIKE, "1", state=state, underlying=D(510), t=1000).new_state
+    assert later.underlying_samples == ((1000, D(510)),)
