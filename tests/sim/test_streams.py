@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -151,6 +152,6 @@ async def test_quote_rate_cap_sends_at_most_one_quote_per_interval(autojump_cloc
                 for _ in range(4):
                     await ws.get_message()
                     times.append(trio.current_time())
-                gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+                gaps = [b - a for a, b in itertools.pairwise(times)]
                 assert all(gap >= 0.999 for gap in gaps), gaps
             nursery.cancel_scope.cancel()
