@@ -164,7 +164,6 @@ class Broker:
         self._fill_lot = scenario.broker.fill_lot
         self._fill_interval = parse_duration(scenario.broker.fill_interval)
         self._reject_queue: list[tuple[str, bool]] = []  # (reason, after_accept)
-        now = market.clock.now()
         for position in scenario.positions:
             basis = position.cost_basis
             if basis is None:
@@ -173,7 +172,7 @@ class Broker:
                 basis = mid * _HUNDRED * position.quantity
             self.holdings[position.symbol] = Holding(
                 next(self._ids), position.symbol, position.quantity, basis,
-                position.date_acquired or now - dt.timedelta(days=1))
+                position.date_acquired or market.clock.start - dt.timedelta(days=1))
         for seeded in scenario.orders:
             self._seed_order(seeded)
 
