@@ -69,6 +69,10 @@ class Contract(msgspec.Struct, frozen=True):
     option: OptionSymbol
     underlying: Underlying
     expires_at: dt.datetime
+    # Floats the pricing loop needs on every tick, computed once.
+    strike: float
+    call: bool
+    expires_epoch: float
 
 
 class MarketFeed(Protocol):
@@ -174,7 +178,8 @@ class Market:
         underlying = self.scenario.underlying_for_root(option.root) if option else None
         if option is not None and underlying is not None:
             expires = dt.datetime.combine(option.expiration, _CLOSE, tzinfo=EASTERN)
-            contract = Contract(symbol, option, underlying, expires)
+            contract = Contract(symbol, option, underlying, expires, float(option.strike),
+                                option.right is OptionRight.CALL, expires.timestamp())
         self._contracts[symbol] = contract
         return contract
 
@@ -202,22 +207,21 @@ class Market:
         return symbols
 
     def years_to_expiry(self, contract: Contract) -> float:
-        seconds = contract.expires_at.timestamp() - self._now_ms / 1000
+        seconds = contract.expires_epoch - self._now_ms / 1000
         return max(0.0, seconds / _YEAR_SECONDS)
 
     def model_vol(self, contract: Contract) -> float:
         u = contract.underlying
-        return vol_at_strike(u.volatility, u.skew, self._spots[u.symbol],
-                             float(contract.option.strike))
+        return vol_at_strike(u.volatility, u.skew, self._spots[u.symbol], contract.strike)
 
     def theo(self, contract: Contract) -> float:
         return theo(
             self._spots[contract.underlying.symbol],
-            float(contract.option.strike),
+            contract.strike,
             self.years_to_expiry(contract),
             self.model_vol(contract),
             self.config.rate,
-            contract.option.right is OptionRight.CALL,
+            contract.call,
         )
 
     # -- quotes -----------------------------------------------------------------------------
@@ -272,7 +276,8 @@ class Market:
             width = max(tick, _round_up(int(self.config.underlying_width * 100), tick))
             bid = math.floor((self._spots[symbol] * 100 - width / 2) / tick) * tick
             return max(0, bid), max(0, bid) + width
-        contract = self.contract(symbol)
+        contract = self._contracts[symbol] if symbol in self._contracts else \
+            self.contract(symbol)
         if contract is None:
             return None
         value = self.theo(contract) * 100
@@ -295,7 +300,8 @@ class Market:
         interval = self.config.quote_interval_ms / 1000
         for symbol in self.feed.wanted():
             quote = self.quote(symbol)
-            if quote is None or quote.same_book(self._emitted.get(symbol)):
+            last = self._emitted.get(symbol)
+            if quote is None or quote is last or quote.same_book(last):
                 continue
             if now - self._emitted_at.get(symbol, -math.inf) < interval:
                 continue  # rate-capped: the newest quote goes out on a later tick
@@ -357,11 +363,12 @@ class Market:
 
 def quote_line(quote: Quote) -> str:
     """Tradier's stream quote: prices are numbers, sizes integers, dates epoch-ms strings."""
+    bid, ask = quote.bid, quote.ask  # never negative: plain divmod formatting is exact
     return (
-        f'{{"type":"quote","symbol":"{quote.symbol}","bid":{cents_text(quote.bid)},'
+        f'{{"type":"quote","symbol":"{quote.symbol}","bid":{bid // 100}.{bid % 100:02d},'
         f'"bidsz":{quote.bid_size},"bidexch":"{quote.bid_exch}","biddate":"{quote.at_ms}",'
-        f'"ask":{cents_text(quote.ask)},"asksz":{quote.ask_size},"askexch":"{quote.ask_exch}",'
-        f'"askdate":"{quote.at_ms}"}}'
+        f'"ask":{ask // 100}.{ask % 100:02d},"asksz":{quote.ask_size},'
+        f'"askexch":"{quote.ask_exch}","askdate":"{quote.at_ms}"}}'
     )
 
 
