@@ -2,6 +2,27 @@
 
 from __future__ import annotations
 
+from engine.domain.exit_plan import (
+    RULE_VERSION,
+    ExitPlan,
+    ScaleOutTier,
+    StopBasis,
+    default_plan,
+    plan_with_overrides,
+)
+from engine.domain.exit_rules import (
+    PRIORITY,
+    Evaluation,
+    MarketSnapshot,
+    Metrics,
+    PersistedWatchState,
+    PositionFacts,
+    Rule,
+    WatchState,
+    evaluate,
+    replay,
+)
+from engine.domain.guards import TimedQuote
 from engine.domain.occ import OptionRight, OptionSymbol, is_option_symbol
 from engine.domain.pricing import (
     CONTRACT_MULTIPLIER,
@@ -33,24 +54,43 @@ from engine.domain.strategy import (
     is_debit,
     spread_width,
 )
+from engine.domain.volatility import bs_delta, bs_price, implied_volatility, years_to_expiry
 
 __all__ = [
     "CONTRACT_MULTIPLIER",
     "CREDIT_STRATEGIES",
     "DEBIT_STRATEGIES",
+    "PRIORITY",
+    "RULE_VERSION",
+    "Evaluation",
+    "ExitPlan",
     "Leg",
     "LegQuote",
+    "MarketSnapshot",
+    "Metrics",
     "OptionRight",
     "OptionSymbol",
+    "PersistedWatchState",
+    "PositionFacts",
     "QuoteLike",
+    "Rule",
+    "ScaleOutTier",
     "Side",
     "Spread",
+    "StopBasis",
     "Strategy",
+    "TimedQuote",
     "Valuation",
+    "WatchState",
+    "bs_delta",
+    "bs_price",
     "classify",
     "close_price",
     "common_quantity",
+    "default_plan",
     "dollars",
+    "evaluate",
+    "implied_volatility",
     "is_credit",
     "is_debit",
     "is_option_symbol",
@@ -62,9 +102,12 @@ __all__ = [
     "max_profit",
     "natural_close_price",
     "natural_value",
+    "plan_with_overrides",
     "pnl_per_spread",
     "profit_fraction",
+    "replay",
     "spread_width",
     "underlying_of",
     "valuate",
+    "years_to_expiry",
 ]
