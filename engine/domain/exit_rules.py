@@ -19,7 +19,8 @@ windows) arrive in the snapshot. The state is immutable; the evaluation carries 
 the natural price is what a market order would get, and on a wide but valid market it would make
 targets unreachable and stops hair-triggered. The stop is protected from a bad mark by the
 debounce and by the quote guards, not by reading a different price. The natural close price and
-natural P&L are reported alongside in the metrics.
+natural P&L are reported alongside in the metrics. Rules that read the profit fraction (target,
+trailing, tiers, IV crush) never fire where max profit is unbounded (long calls and puts).
 
 - ``stop_loss``: loss per spread (``-pnl`` at the mark) at or above the limit: on the ``credit``
   basis ``stop_loss x entry_price`` (for a credit trade the credit received; for a debit trade
