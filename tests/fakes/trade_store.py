@@ -6,7 +6,7 @@ It keeps the rules ``storage.trades.PgTradeStore`` and the schema keep, and rais
 runs the same contract against both, so a divergence fails a test.
 
 Test helpers beyond the interface: :meth:`set_exit_in_flight` (an EXIT order working, as a
-row in ``orders`` would say) and :meth:`set_status`.
+row in ``orders`` would say), :meth:`set_status` and :meth:`close`.
 """
 
 from __future__ import annotations
@@ -74,6 +74,14 @@ class InMemoryTradeStore:
 
     def set_status(self, trade_id: int, status: str) -> None:
         self._trades[trade_id].status = status
+
+    def close(
+        self, trade_id: int, reason: CloseReason, realized_pnl: Decimal | None, at: dt.datetime
+    ) -> None:
+        """Close a trade as the order router would after its closing fills."""
+        trade = self._trades[trade_id]
+        trade.status, trade.quantity, trade.closed_at = "CLOSED", 0, at
+        trade.close_reason, trade.realized_pnl = reason, realized_pnl
 
     # -- trades -------------------------------------------------------------------------------
 
