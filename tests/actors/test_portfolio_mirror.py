@@ -291,7 +291,7 @@ async def test_requests_waiting_together_are_served_by_one_refresh(autojump_cloc
     broker = ScriptedPositions(HELD)
     with trio.fail_after(BUDGET):
         async with trio.open_nursery() as nursery:
-            mirror = await start(nursery, broker, store, refresh=3600)
+            mirror = await start(nursery, broker, store, refresh=300)
             await mirror.next()
             for n in range(3):
                 mirror.requests.send_nowait(RefreshPositions(reason=f"fill-{n}"))
@@ -299,7 +299,7 @@ async def test_requests_waiting_together_are_served_by_one_refresh(autojump_cloc
             assert trio.current_time() == 0
             # The next read is the timer's: the three requests took one refresh.
             await broker.called(3)
-            assert trio.current_time() == 3600
+            assert trio.current_time() == 300
             nursery.cancel_scope.cancel()
 
 
