@@ -502,23 +502,26 @@ class _Runner:
         """Receive and deliver frames until the socket breaks (raises) or goes stale."""
         fanout, receive = self.fanout, socket.receive
         stale_after = self.config.stale_after
-        # Moving a deadline is not free; a stale check a little late is harmless.
-        slack = min(1.0, stale_after / 10)
+        last_frame = trio.current_time()
         while True:
-            refreshed = trio.current_time()
-            with trio.CancelScope(deadline=refreshed + stale_after) as watchdog:
+            # The watchdog is armed once per silence window, not moved on every frame: when it
+            # fires after frames did arrive, it is simply re-armed from the last one.
+            with trio.CancelScope(deadline=last_frame + stale_after):
                 while True:
                     frame = await receive()
-                    now = trio.current_time()
-                    if now - refreshed > slack:
-                        refreshed, watchdog.deadline = now, now + stale_after
-                    fanout._on_frame(frame, now)
+                    last_frame = trio.current_time()
+                    fanout._on_frame(frame, last_frame)
+            now = trio.current_time()
+            if now - last_frame < stale_after:
+                continue
             # Silence is normal with nothing subscribed, or outside market hours.
-            if fanout._routes and self.market_open(self.clock.now()):
-                fanout._stale += 1
-                reason = f"no frame for {stale_after:g} s"
-                self.feed(FeedState.STALE, reason, "reconnecting with a fresh session")
-                return _SessionEnd(reason, healthy=False, stale=True)
+            if not fanout._routes or not self.market_open(self.clock.now()):
+                last_frame = now
+                continue
+            fanout._stale += 1
+            reason = f"no frame for {stale_after:g} s"
+            self.feed(FeedState.STALE, reason, "reconnecting with a fresh session")
+            return _SessionEnd(reason, healthy=False, stale=True)
 
     async def _resubscribe(
         self, socket: MarketFeedSocket, version: int, sent: frozenset[str]
@@ -543,7 +546,9 @@ class _Runner:
 
     # -- poll mode ----------------------------------------------------------------------------
 
-    async def poll(self, rest_poll: RestPoll) -> NoReturn:
+    async def poll(
+        self, rest_poll: RestPoll, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
         fanout = self.fanout
         interval = 60.0 / self.config.poll_requests_per_minute
         polling = f"no market stream: polling REST quotes every {interval:g} s"
@@ -553,6 +558,7 @@ class _Runner:
             requests_per_minute=self.config.poll_requests_per_minute,
         )
         self.feed(FeedState.POLLING, polling, "polling REST quotes")
+        task_status.started()  # the feed says POLLING from the moment run() has started
         next_at = trio.current_time()
         while True:
             while not fanout._routes:
@@ -641,7 +647,7 @@ async def run(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner.commands, inbox)
             if rest_poll is not None and config.stream_mode == "poll":
-                nursery.start_soon(runner.poll, rest_poll)
+                await nursery.start(runner.poll, rest_poll)
             elif connect is not None:
                 nursery.start_soon(runner.stream, connect)
             task_status.started()
