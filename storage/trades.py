@@ -333,6 +333,14 @@ class PgTradeStore:
 
 
 async def _replace_positions(conn: Executor, account_id: str, rows: Sequence[PositionRow]) -> None:
+    # Delete first, then upsert: either order is right inside the transaction, and this one
+    # means a failing upsert has something to roll back (the storage tests rely on it).
+    await conn.execute(
+        _DELETE_ABSENT_POSITIONS,
+        account_id,
+        [row.symbol for row in rows],
+        [row.side.value for row in rows],
+    )
     if rows:
         await conn.executemany(
             _UPSERT_POSITION,
@@ -352,9 +360,3 @@ async def _replace_positions(conn: Executor, account_id: str, rows: Sequence[Pos
                 for row in rows
             ],
         )
-    await conn.execute(
-        _DELETE_ABSENT_POSITIONS,
-        account_id,
-        [row.symbol for row in rows],
-        [row.side.value for row in rows],
-    )

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.storage
 SP500 = "SPY240621P00500000"
 LP495 = "SPY240621P00495000"
 SC520 = "SPY240621C00520000"
+LC525 = "SPY240621C00525000"
 AT = dt.datetime(2024, 6, 10, 15, 0, tzinfo=dt.UTC)
 
 
@@ -271,9 +272,10 @@ async def test_mirror_replace_is_pure(h: Harness) -> None:
 async def test_mirror_replace_is_all_or_nothing(h: Harness) -> None:
     before = [row(SP500, 2), row(LP495, 2, Side.LONG, "200")]
     await h.store.replace_positions("VA1", before)
-    # The first row is fine, the second breaks a constraint: nothing of it may land.
+    # The first row is fine, the second breaks a constraint: nothing of it may land, and the
+    # rows the new answer lacks (all of the old ones) are not deleted either.
     with pytest.raises(IntegrityError):
-        await h.store.replace_positions("VA1", [row(SC520, 1), row(SP500, 0)])
+        await h.store.replace_positions("VA1", [row(SC520, 1), row(LC525, 0)])
     mirror = await h.store.load_positions("VA1")
     assert [(r.symbol, r.side, r.quantity) for r in mirror] == [
         (LP495, Side.LONG, 2),
