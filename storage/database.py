@@ -23,7 +23,6 @@ Rules the bridge follows (see DESIGN section 4):
 from __future__ import annotations
 
 import contextlib
-import decimal
 import pathlib
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
@@ -36,6 +35,7 @@ import trio_asyncio
 
 from engine.errors import ConfigError, DatabaseError, DatabaseUnavailable
 from storage import embedded
+from storage.codecs import init_connection
 from storage.errors import describe_reason, translate
 
 __all__ = [
@@ -82,9 +82,6 @@ APP_DATABASE = "spreadwatch"
 _EXIT_DEADLINE = 30.0
 # How long closing the pool may wait for connections still in use before terminating them.
 _CLOSE_DEADLINE = 10.0
-
-_json_encoder = msgspec.json.Encoder(decimal_format="number")
-_json_decoder = msgspec.json.Decoder(float_hook=decimal.Decimal)
 
 
 class Executor(Protocol):
@@ -491,7 +488,7 @@ async def _pool(
             min_size=min_size,
             max_size=max_size,
             timeout=connect_timeout,
-            init=_init_connection,
+            init=init_connection,
         )
 
     pool = await _connecting(bridge, connect_timeout, create())
@@ -550,38 +547,6 @@ async def _ensure_app_database(
             await conn.close()
 
     await _connecting(bridge, connect_timeout, create_if_missing())
-
-
-async def _init_connection(conn: Any) -> None:
-    # Binary codecs: COPY (the audit writer's batches) only speaks the binary format. jsonb's
-    # binary form is a version byte (1) followed by the JSON text; json's is the text alone.
-    await conn.set_type_codec(
-        "jsonb",
-        schema="pg_catalog",
-        encoder=_encode_jsonb,
-        decoder=_decode_jsonb,
-        format="binary",
-    )
-    await conn.set_type_codec(
-        "json",
-        schema="pg_catalog",
-        encoder=_json_encoder.encode,
-        decoder=_json_decoder.decode,
-        format="binary",
-    )
-
-
-_JSONB_VERSION = b"\x01"
-
-
-def _encode_jsonb(value: object) -> bytes:
-    return _JSONB_VERSION + _json_encoder.encode(value)
-
-
-def _decode_jsonb(data: bytes) -> Any:
-    if data[:1] != _JSONB_VERSION:
-        raise ValueError(f"unknown jsonb binary format version {data[:1]!r}")
-    return _json_decoder.decode(data[1:])
 
 
 def describe_url(url: str) -> str:

@@ -11,8 +11,11 @@ the autojump clock would fire them while the socket is waited on (DESIGN section
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import shutil
+import tempfile
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -31,18 +34,38 @@ def with_database(url: str, database: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
 
 
+@contextlib.contextmanager
+def _private_directory() -> Iterator[pathlib.Path]:
+    # Not under pytest's tmp_path: as root the embedded server runs as another user, which needs
+    # to traverse the directory's parents, and every pytest run that starts (another terminal,
+    # another checkout) chmods /tmp/pytest-of-<user> back to 0700, killing the server mid-test.
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="spreadwatch-test-pg-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_dir() -> Iterator[pathlib.Path]:
+    """A private directory for an embedded server's data directory (see _private_directory)."""
+    with _private_directory() as directory:
+        yield directory
+
+
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """A URL of the test server whose database we may create other databases from."""
     external = os.environ.get(TEST_DATABASE_URL_ENV)
     if external:
         yield external
         return
-    server = start_server(tmp_path_factory.mktemp("embedded") / "pgdata")
-    try:
-        yield server.dsn("postgres")
-    finally:
-        stop_server(server)
+    with _private_directory() as directory:
+        server = start_server(directory / "pgdata")
+        try:
+            yield server.dsn("postgres")
+        finally:
+            stop_server(server)
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ def _running(pgdata: pathlib.Path) -> bool:
 
 
 async def test_starts_in_a_fresh_directory_stops_on_exit_and_reopens(
-    tmp_path: pathlib.Path,
+    pg_dir: pathlib.Path,
 ) -> None:
-    pgdata = tmp_path / "data" / "pgdata"  # neither exists yet
+    pgdata = pg_dir / "data" / "pgdata"  # neither exists yet
     with trio.fail_after(60):
         async with open_database(None, data_dir=pgdata) as db:
             assert db.embedded
@@ -43,8 +43,8 @@ async def test_starts_in_a_fresh_directory_stops_on_exit_and_reopens(
         assert not _running(pgdata)
 
 
-async def test_two_users_in_one_process_share_the_server(tmp_path: pathlib.Path) -> None:
-    pgdata = tmp_path / "pgdata"
+async def test_two_users_in_one_process_share_the_server(pg_dir: pathlib.Path) -> None:
+    pgdata = pg_dir / "pgdata"
     with trio.fail_after(60):
         async with open_database(None, data_dir=pgdata) as first:
             async with open_database(None, data_dir=pgdata) as second:
@@ -55,8 +55,8 @@ async def test_two_users_in_one_process_share_the_server(tmp_path: pathlib.Path)
         assert not _running(pgdata)
 
 
-async def test_a_killed_process_does_not_keep_the_server_alive(tmp_path: pathlib.Path) -> None:
-    pgdata = tmp_path / "pgdata"
+async def test_a_killed_process_does_not_keep_the_server_alive(pg_dir: pathlib.Path) -> None:
+    pgdata = pg_dir / "pgdata"
     dead = await trio.lowlevel.open_process(["true"])
     await dead.wait()
     with trio.fail_after(60):
@@ -69,9 +69,9 @@ async def test_a_killed_process_does_not_keep_the_server_alive(tmp_path: pathlib
         assert not _running(pgdata)
 
 
-async def test_unusable_data_directory_fails_with_one_line(tmp_path: pathlib.Path) -> None:
+async def test_unusable_data_directory_fails_with_one_line(pg_dir: pathlib.Path) -> None:
     # A non-empty directory that is not a PostgreSQL data directory: initdb refuses it.
-    pgdata = tmp_path / "pgdata"
+    pgdata = pg_dir / "pgdata"
     pgdata.mkdir()
     (pgdata / "notes.txt").write_text("not a database")
     with trio.fail_after(60), pytest.raises(DatabaseUnavailable) as caught:
