@@ -37,7 +37,8 @@ union of all wants, and re-sends the whole list when it changes, coalescing a bu
 into one payload (``resubscribe_debounce`` after the first change). No frame for
 ``stale_after`` seconds while symbols are subscribed and ``market_open(now)`` says so is a stale
 feed. A stale feed, a closed socket or any :class:`BrokerError` ends the connection; QuoteStream
-waits a jittered exponential backoff (reset after a connection that delivered frames) and
+waits a jittered exponential backoff (reset by a connection that delivered frames for
+``healthy_after`` seconds) and
 connects again with a fresh session. :class:`AuthFailed` is fatal and propagates (inside the
 nursery's exception group; the supervisor finds it there). ``{"error": ...}`` frames (a bad
 symbol) and undecodable frames are logged and counted; the feed goes on.
@@ -135,6 +136,9 @@ class QuoteStreamConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Tradier re-sends old quotes about every 20 s on a quiet but healthy socket.
     stale_after: float = 60.0
     resubscribe_debounce: float = 0.05
+    # A connection that delivered frames for this long resets the backoff; one that keeps
+    # dropping right after connecting backs off (Tradier refuses sessions asked too fast).
+    healthy_after: float = 30.0
     reconnect_backoff_base: float = 0.5
     reconnect_backoff_max: float = 30.0
     reconnect_backoff_jitter: float = 0.2
@@ -408,7 +412,7 @@ def _always_open(now: dt.datetime) -> bool:
 
 class _SessionEnd(NamedTuple):
     reason: str
-    healthy: bool  # frames arrived: the backoff starts over
+    healthy: bool  # frames arrived over ``healthy_after``: the backoff starts over
     stale: bool
 
 
@@ -472,7 +476,7 @@ class _Runner:
 
     async def _session(self, socket: MarketFeedSocket) -> _SessionEnd:
         fanout = self.fanout
-        frames_before = fanout._frames
+        frames_before, started = fanout._frames, trio.current_time()
         version, symbols = fanout._version, fanout.symbols
         try:
             await socket.subscribe(symbols)
@@ -496,7 +500,8 @@ class _Runner:
                 until_broken, functools.partial(self._resubscribe, socket, version, symbols)
             )
         reason, _, stale = ended[0]
-        return _SessionEnd(reason, healthy=fanout._frames > frames_before, stale=stale)
+        lasted = trio.current_time() - started >= self.config.healthy_after
+        return _SessionEnd(reason, healthy=lasted and fanout._frames > frames_before, stale=stale)
 
     async def _pump(self, socket: MarketFeedSocket) -> _SessionEnd:
         """Receive and deliver frames until the socket breaks (raises) or goes stale."""

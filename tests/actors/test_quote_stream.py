@@ -319,6 +319,33 @@ async def test_connect_failures_back_off_exponentially_with_jitter(
         assert h.fanout.statistics().reconnects == 4
 
 
+async def test_a_connection_that_keeps_dropping_backs_off_until_one_lasts(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with running() as h:
+        await h.want("trade:1", "SPY")
+        for _ in range(4):  # accepted, one quote, dropped at once
+            conn = await h.market.next_connection(within=60)
+            while await conn.subscribed_symbols() != ["SPY"]:
+                pass
+            await conn.send(quote("SPY", "1", "2"))
+            await conn.ws.aclose()
+        lasting = await h.market.next_connection(within=60)
+        await lasting.subscription()
+        await lasting.send(quote("SPY", "1", "2"))
+        await trio.sleep(FAST.healthy_after)
+        await lasting.ws.aclose()
+        after_healthy = await h.market.next_connection(within=60)
+
+        attempts = h.market.attempts
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
+        for n, gap in enumerate(gaps[:4]):  # short-lived: growing delays, 0.5 s doubling
+            assert 0.8 * 0.5 * 2**n <= gap <= 0.5 * 2**n + 1e-9, gaps
+        # after a connection that lasted, the delay is back to the base
+        assert 0.4 <= gaps[4] - FAST.healthy_after <= 0.5 + 1e-9, gaps
+        assert after_healthy.session_id == "sess-6"
+
+
 # ---------------------------------------------------------------------------------------------
 # The symbol set follows the watchers
 # ---------------------------------------------------------------------------------------------
