@@ -61,7 +61,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Literal, NamedTuple, NoReturn, Protocol, TypeAlias, assert_never
+from typing import Annotated, Literal, NamedTuple, NoReturn, Protocol, TypeAlias, assert_never
 
 import msgspec
 import trio
@@ -127,23 +127,28 @@ class MarketFeedSocket(Protocol):
     async def receive(self) -> str | bytes: ...
 
 
+_Positive = Annotated[float, msgspec.Meta(gt=0)]
+_NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
 Connect: TypeAlias = Callable[[], AbstractAsyncContextManager[MarketFeedSocket]]
 RestPoll: TypeAlias = Callable[[Sequence[str]], Awaitable[Sequence[wire.RestQuote]]]
 
 
-class QuoteStreamConfig(msgspec.Struct, frozen=True, kw_only=True):
+class QuoteStreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """QuoteStream's settings (seconds unless named otherwise); bounds apply when decoded."""
+
     stream_mode: Literal["websocket", "poll"] = "websocket"
     # Tradier re-sends old quotes about every 20 s on a quiet but healthy socket.
-    stale_after: float = 60.0
-    resubscribe_debounce: float = 0.05
+    stale_after: _Positive = 60.0
+    resubscribe_debounce: _NonNegative = 0.05
     # A connection that delivered frames for this long resets the backoff; one that keeps
     # dropping right after connecting backs off (Tradier refuses sessions asked too fast).
-    healthy_after: float = 30.0
-    reconnect_backoff_base: float = 0.5
-    reconnect_backoff_max: float = 30.0
-    reconnect_backoff_jitter: float = 0.2
+    healthy_after: _NonNegative = 30.0
+    reconnect_backoff_base: _Positive = 0.5
+    reconnect_backoff_max: _Positive = 30.0
+    reconnect_backoff_jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
     # Tradier's market-data budget is 60/min on sandbox (120 live): leave room for others.
-    poll_requests_per_minute: int = 50
+    poll_requests_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 50
 
     def backoff(self) -> Backoff:
         return Backoff(

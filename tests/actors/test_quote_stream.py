@@ -71,7 +71,7 @@ class ServerConn:
     session_id: str
 
     async def subscription(self) -> dict[str, Any]:
-        return json.loads(await self.ws.get_message())  # type: ignore[no-any-return]
+        return json.loads(await self.ws.get_message())
 
     async def subscribed_symbols(self) -> list[str]:
         payload = await self.subscription()
@@ -109,7 +109,7 @@ class FakeMarket:
         self._nursery.start_soon(self._serve, server_stream, session_id)
         ws = await trio_websocket.wrap_client_stream(
             self._nursery,
-            client_stream,  # type: ignore[arg-type]
+            client_stream,
             "ws.tradier.test",
             "/v1/markets/events",
         )
@@ -743,7 +743,7 @@ def test_translations_keep_tradier_meanings() -> None:
     q = quote_from_event(zero_bid, 3.5)
     assert q.bid == Decimal(0) and q.bid is not None  # a zero bid is a real quote
     assert (q.bid_size, q.bid_at, q.received_at) == (0, None, 3.5)
-    one_sided = quote_from_event(decode(b'{"type":"quote","symbol":"X","ask":1}'), 0.0)  # type: ignore[arg-type]
+    one_sided = quote_from_event(decode(b'{"type":"quote","symbol":"X","ask":1}'), 0.0)
     assert one_sided.bid is None
 
     last_only = decode(b'{"type":"trade","symbol":"X","last":"1.5","size":"3"}')
@@ -752,7 +752,7 @@ def test_translations_keep_tradier_meanings() -> None:
         symbol="X", last=Decimal("1.5"), size=3, received_at=0.0
     )
     no_price = decode(b'{"type":"trade","symbol":"X","size":"3"}')
-    assert trade_from_event(no_price, 0.0) is None  # type: ignore[arg-type]
+    assert trade_from_event(no_price, 0.0) is None
 
     rest = wire.RestQuote(
         symbol="SPY", bid=Decimal("1.1"), ask=None, bidsize=5, bid_date=1557757189000
