@@ -21,8 +21,8 @@ At most one exit is in flight. It ends with the order's final event (filled, can
 rejected, expired) or the router declining the intent; after a failure the watcher waits
 ``retry_after`` seconds before it may decide again (a retry policy, not a tight loop). An
 out-of-sync spread (a leg gone at the broker) is watched but proposes no exit. In dry run (or
-with no router) exits are decided and recorded, never sent; the same rule is not re-recorded
-until it stops firing.
+with no router) exits are decided and recorded, never sent; a recorded dry-run exit holds
+further exits for ``retry_after`` seconds, as a declined intent would.
 """
 
 from __future__ import annotations
@@ -121,7 +121,6 @@ class _Watch:
         self.out_of_sync = False
         self.exit_in_flight: str | None = None  # intent id
         self.retry_not_before = float("-inf")
-        self.last_dry_rule: str | None = None
         self.last_snapshot_at = float("-inf")
         self.last_guard: tuple[tuple[str, ...], float] | None = None
         self.manual_exit_requested = False
@@ -269,7 +268,6 @@ async def _evaluate(
     elif evaluation.decision is DomainDecision.HELD_BY_GUARD:
         _record_guard(watch, evaluation, snapshot, audit, settings, now)
     elif evaluation.decision is DomainDecision.HOLD and not wants_exit:
-        watch.last_dry_rule = None
         if now - watch.last_snapshot_at >= settings.snapshot_interval:
             watch.last_snapshot_at = now
             audit.submit(_record(watch, evaluation, snapshot, settings, Decision.HOLD))
@@ -305,8 +303,6 @@ async def _act(
 ) -> None:
     rule = MANUAL_RULE if manual else str(evaluation.rule)
     dry_run = settings.dry_run or intents is None
-    if dry_run and rule == watch.last_dry_rule:
-        return  # already recorded this exit; it has not been sent, so nothing changed
     partial = not manual and evaluation.action is not None and evaluation.action.value == "partial"
     action = ExitAction.PARTIAL if partial else ExitAction.FULL
     quantity = evaluation.quantity if partial and evaluation.quantity else watch.trade.quantity
@@ -333,7 +329,9 @@ async def _act(
         dry_run=dry_run,
     )
     if dry_run:
-        watch.last_dry_rule = rule
+        # Nothing was sent: hold this exit as if it were in flight and then declined, so a
+        # flapping rule is recorded once per retry period, not on every crossing.
+        watch.retry_not_before = snapshot.monotonic + settings.retry_after
         return
     assert intents is not None
     intent = ExitIntent(

@@ -27,6 +27,7 @@ import msgspec
 import trio
 
 from engine.conflate import ConflatingMailbox
+from engine.errors import FatalError
 from engine.log import get_logger
 from engine.messages import (
     CloseTradeNow,
@@ -160,6 +161,13 @@ class _Pool:
             while True:
                 try:
                     await self._runner(watch.trade, watch.mailbox)
+                    return
+                except FatalError as exc:
+                    # A bad exit plan cannot heal by retrying: leave the trade unwatched, loudly.
+                    self.crashes += 1
+                    _log.critical(
+                        "watcher_pool.watcher_abandoned", trade_id=trade_id, error=str(exc)
+                    )
                     return
                 except Exception as exc:  # one watcher's bug must not take the others down
                     failures += 1

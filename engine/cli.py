@@ -49,7 +49,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("demo", "engine.cli_demo"),
     # The simulator's commands (`spreadwatch sim`, `spreadwatch scenario run`) register here:
     ("sim", "sim.cli"),
-    ("scenario", "sim.cli"),
+    ("scenario", "engine.cli_scenario"),
 )
 
 # flag -> (argparse dest, config key). These feed load_config's command-line layer.

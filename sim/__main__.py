@@ -9,14 +9,16 @@ import sys
 import trio
 
 from engine.errors import SpreadwatchError
-from sim.cli import register
+from sim.cli import register, register_standalone_scenario
 
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    register(commands)
+    register_standalone_scenario(commands)
     args = parser.parse_args(argv)
     try:
         return int(trio.run(args.handler, args, None))

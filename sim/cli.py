@@ -13,10 +13,12 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["register", "register_standalone_scenario"]
 
 
 def register(subparsers: Any) -> None:
+    """``spreadwatch sim``. (``spreadwatch scenario run`` is the engine's: engine.cli_scenario
+    runs the simulator *with* the engine; ``python -m sim scenario run`` runs it alone.)"""
     sim = subparsers.add_parser("sim", help="serve the Tradier-compatible simulator")
     sim.add_argument("--scenario", required=True, metavar="FILE", help="scenario TOML file")
     sim.add_argument("--host", default="127.0.0.1")
@@ -25,7 +27,10 @@ def register(subparsers: Any) -> None:
                      help="override the scenario's speed (market seconds per real second)")
     sim.set_defaults(handler=_serve)
 
-    scenario = subparsers.add_parser("scenario", help="run scenarios")
+
+def register_standalone_scenario(subparsers: Any) -> None:
+    """``python -m sim scenario run``: the simulator alone for the scenario's duration."""
+    scenario = subparsers.add_parser("scenario", help="run scenarios (simulator alone)")
     actions = scenario.add_subparsers(dest="scenario_command", metavar="ACTION", required=True)
     run = actions.add_parser("run", help="run a scenario for its duration and write a report")
     run.add_argument("file", metavar="FILE")

@@ -141,3 +141,30 @@ async def test_a_crashing_watcher_is_restarted_and_siblings_untouched(
 
     assert starts == {1: 4, 2: 1}  # first run + 3 restarts, then abandoned; sibling ran once
     assert stats[0]().crashes == 4 and stats[0]().watchers == 2
+
+
+async def test_a_fatal_watcher_error_is_not_retried(autojump_clock: trio.abc.Clock) -> None:
+    from engine.errors import ConfigError
+
+    lifecycle_send, lifecycle = trio.open_memory_channel[SpreadLifecycle](0)
+    subs_send, _subs = trio.open_memory_channel[SubscriptionCommand](10)
+    starts: list[int] = []
+
+    async def runner(trade: TradeSnapshot, mailbox: ConflatingMailbox[str, Any]) -> None:
+        starts.append(trade.trade_id)
+        raise ConfigError("unknown exit plan override 'x'")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: watcher_pool.run(
+                lifecycle=lifecycle,
+                subscriptions=subs_send,
+                fanout=_Mailboxes(),
+                runner=runner,
+                task_status=task_status,
+            )
+        )
+        await lifecycle_send.send(SpreadOpened(trade=_trade(1)))
+        await trio.sleep(600)
+        nursery.cancel_scope.cancel()
+    assert starts == [1]

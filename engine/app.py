@@ -1,0 +1,291 @@
+"""The composition root: builds the supervision tree and runs the engine.
+
+This is the one module under ``engine/`` that imports ``actors``. Everything the actors need is
+made here and passed down as keyword arguments; nothing below reads the environment.
+
+Tree (started in this order, stopped in reverse; DESIGN section 2)::
+
+    engine (one_for_one)
+    ├── audit_writer          drains the AuditSink into decisions/events (group commit)
+    ├── quote_stream          market data in, fanned out by symbol to the watchers' mailboxes
+    └── tracking (escalates on any crash, so the root restarts both together)
+        ├── portfolio_mirror  broker positions -> trades -> spread lifecycle
+        └── watcher_pool      one PositionWatcher per managed open spread
+
+The mirror and the pool restart together because the pool's watchers exist only as the mirror
+announced them: a lone pool restart would leave the spreads unwatched until the next change,
+while a mirror restart is a cold start that announces every open trade again.
+
+Dry run (and, until the order side lands, every run) sends no order: watchers decide and record.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from actors import audit_writer, portfolio_mirror, position_watcher, quote_stream, watcher_pool
+from actors.audit_writer import AuditSink
+from actors.position_watcher import WatcherSettings
+from actors.quote_stream import QuoteFanout, QuoteStreamConfig
+from engine.brokers.tradier.broker import TradierBroker
+from engine.brokers.tradier.rest import TradierRest
+from engine.brokers.tradier.stream import open_market_socket
+from engine.clock import MarketClock, SystemMarketClock
+from engine.config import Config
+from engine.errors import ConfigError
+from engine.log import Level, get_logger
+from engine.messages import (
+    AuditRecord,
+    RefreshPositions,
+    SpreadLifecycle,
+    SubscriptionCommand,
+    TradeSnapshot,
+)
+from engine.supervisor import ChildSpec, Supervisor
+from storage import Database
+from storage.audit import DatabaseAuditStore
+from storage.trades import PgTradeStore
+
+__all__ = ["EngineHandle", "journal_path", "run_engine"]
+
+_log = get_logger("engine")
+
+
+@dataclass
+class EngineHandle:
+    """What ``run_engine`` hands its starter: the live parts, for status, tests and metrics."""
+
+    config: Config
+    db: Database
+    fanout: QuoteFanout
+    audit: AuditSink
+    supervisor: Supervisor
+    refresh: trio.MemorySendChannel[RefreshPositions]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def journal_path(config: Config) -> pathlib.Path:
+    """Where the audit journal lives: beside the embedded database's data directory."""
+    return config.database.data_dir.parent / "audit-journal.jsonl"
+
+
+def _require(value: str | None, what: str, env: str) -> str:
+    if not value:
+        raise ConfigError(f"{what} is not set: set {env} (or the config file's broker section)")
+    return value
+
+
+async def run_engine(
+    config: Config,
+    *,
+    db: Database,
+    market_clock: MarketClock | None = None,
+    task_status: trio.TaskStatus[EngineHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the engine on ``db`` (migrated) until cancelled or the root supervisor escalates."""
+    broker = config.broker
+    token = _require(
+        broker.token.reveal() if broker.token else None, "broker token", "TRADIER_TOKEN"
+    )
+    account_id = _require(broker.account_id, "broker account id", "TRADIER_ACCOUNT_ID")
+    clock = market_clock or SystemMarketClock()
+    async with TradierRest(base_url=broker.rest_url, token=token, account_id=account_id) as rest:
+        fanout = QuoteFanout()
+        store = PgTradeStore(db)
+        subscriptions_send, subscriptions_recv = trio.open_memory_channel[SubscriptionCommand](0)
+        # A refresh request must not wait on a busy mirror; requests coalesce there anyway.
+        refresh_send, refresh_recv = trio.open_memory_channel[RefreshPositions](16)
+        link = _LifecycleLink()
+        with AuditSink(journal_path=journal_path(config)) as sink:
+            audit_spec = ChildSpec(
+                "audit_writer",
+                functools.partial(audit_writer.run, sink=sink, store=DatabaseAuditStore(db)),
+            )
+            quotes_spec = ChildSpec(
+                "quote_stream",
+                _quote_stream_child(
+                    subscriptions_recv,
+                    fanout,
+                    clock,
+                    sink,
+                    connect=functools.partial(open_market_socket, rest, broker.market_stream_url),
+                    rest_poll=rest.get_quotes,
+                ),
+            )
+            tracking = Supervisor(
+                [
+                    ChildSpec(
+                        "portfolio_mirror",
+                        _mirror_child(
+                            link,
+                            TradierBroker(rest),
+                            store,
+                            refresh_recv,
+                            sink,
+                            account_id,
+                            config,
+                            clock,
+                        ),
+                    ),
+                    ChildSpec(
+                        "watcher_pool",
+                        _pool_child(link, subscriptions_send, fanout, store, sink, clock, config),
+                    ),
+                ],
+                name="tracking",
+                intensity=0,
+                period=1.0,
+                on_event=_supervisor_event,
+            )
+            root = Supervisor(
+                [audit_spec, quotes_spec, ChildSpec("tracking", tracking.run)],
+                name="engine",
+                intensity=5,
+                period=60.0,
+                on_event=_supervisor_event,
+            )
+            _log.info(
+                "engine.starting",
+                account_id=account_id,
+                rest_url=broker.rest_url,
+                dry_run=config.engine.dry_run,
+            )
+            handle = EngineHandle(
+                config=config,
+                db=db,
+                fanout=fanout,
+                audit=sink,
+                supervisor=root,
+                refresh=refresh_send,
+            )
+            # Escalations leave the nursery as an exception group: callers use except*.
+            async with trio.open_nursery() as nursery:
+                await nursery.start(root.run)
+                task_status.started(handle)
+
+
+def _supervisor_event(event: str, fields: dict[str, object]) -> None:
+    level: Level = "error" if event.endswith(("crashed", "escalated")) else "info"
+    _log.log(level, event, **fields)
+
+
+class _LifecycleLink:
+    """The channel joining the mirror and the pool, which restart together: each incarnation of
+    the pair gets a fresh channel, made when the mirror starts (it starts first) and taken by
+    the pool when it starts."""
+
+    def __init__(self) -> None:
+        self._receive: trio.MemoryReceiveChannel[SpreadLifecycle] | None = None
+
+    def open(self) -> trio.MemorySendChannel[SpreadLifecycle]:
+        send, self._receive = trio.open_memory_channel[SpreadLifecycle](0)
+        return send
+
+    def take(self) -> trio.MemoryReceiveChannel[SpreadLifecycle]:
+        receive, self._receive = self._receive, None
+        if receive is None:
+            raise RuntimeError("the watcher pool started before the portfolio mirror")
+        return receive
+
+
+def _mirror_child(
+    link: _LifecycleLink,
+    broker: TradierBroker,
+    store: PgTradeStore,
+    refresh: trio.MemoryReceiveChannel[RefreshPositions],
+    sink: AuditSink,
+    account_id: str,
+    config: Config,
+    clock: MarketClock,
+) -> Callable[..., Awaitable[None]]:
+    async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with refresh.clone() as inbox, link.open() as send:
+            await portfolio_mirror.run(
+                broker=broker,
+                store=store,
+                outbox=send,
+                inbox=inbox,
+                audit=sink,
+                account_id=account_id,
+                config=config.engine,
+                clock=clock,
+                task_status=task_status,
+            )
+
+    return run
+
+
+def _pool_child(
+    link: _LifecycleLink,
+    subscriptions: trio.MemorySendChannel[SubscriptionCommand],
+    fanout: QuoteFanout,
+    store: PgTradeStore,
+    sink: AuditSink,
+    clock: MarketClock,
+    config: Config,
+) -> Callable[..., Awaitable[None]]:
+    settings = WatcherSettings(dry_run=True)  # the order side is not wired yet: decide, record
+
+    async def watch(trade: TradeSnapshot, mailbox: Any) -> None:
+        await position_watcher.run(
+            trade=trade,
+            mailbox=mailbox,
+            intents=None,
+            audit=sink,
+            store=store,
+            market_clock=clock,
+            settings=settings,
+        )
+
+    async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with link.take() as lifecycle, subscriptions.clone() as subs:
+            await watcher_pool.run(
+                lifecycle=lifecycle,
+                subscriptions=subs,
+                fanout=fanout,
+                runner=watch,
+                task_status=task_status,
+            )
+
+    return run
+
+
+def _quote_stream_child(
+    inbox: trio.MemoryReceiveChannel[SubscriptionCommand],
+    fanout: QuoteFanout,
+    clock: MarketClock,
+    sink: AuditSink,
+    *,
+    connect: Any,
+    rest_poll: Any,
+) -> Callable[..., Awaitable[None]]:
+    async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # QuoteStream reports its engine events on a channel; forward them to the sink.
+        events_send, events_recv = trio.open_memory_channel[AuditRecord](256)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_forward_events, events_recv, sink)
+            with inbox.clone() as subscriptions, events_send:
+                await quote_stream.run(
+                    inbox=subscriptions,
+                    fanout=fanout,
+                    clock=clock,
+                    connect=connect,
+                    rest_poll=rest_poll,
+                    audit=events_send,
+                    config=QuoteStreamConfig(),
+                    task_status=task_status,
+                )
+
+    return run
+
+
+async def _forward_events(channel: trio.MemoryReceiveChannel[AuditRecord], sink: AuditSink) -> None:
+    async with channel:
+        async for record in channel:
+            sink.submit(record)
