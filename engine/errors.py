@@ -16,7 +16,7 @@ only ever see this tree::
     │   ├── BrokerUnavailable      timeout, 5xx, dropped connection: the outcome is unknown
     │   ├── RateLimited            the broker said slow down
     │   └── BrokerAnswerInvalid    the broker answered something we cannot decode
-    ├── OrderRejected              the broker refused an order (a message, not a crash, where handled)
+    ├── OrderRejected              the broker refused an order (a message where it is handled)
     └── InvalidSymbol              not an OCC option symbol
 """
 
