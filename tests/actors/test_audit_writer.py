@@ -139,7 +139,8 @@ async def test_producer_never_waits_and_memory_stays_bounded_while_down(
     store.down = True
     limit = 500
     submitted = records(10_000)
-    with AuditSink(journal_path=journal_path, config=config(memory_limit=limit)) as sink:
+    cfg = config(memory_limit=limit, spill_chunk=100)
+    with AuditSink(journal_path=journal_path, config=cfg) as sink:
         with trio.fail_after(60):
             async with running(sink, store):
                 await trio.testing.wait_all_tasks_blocked()
@@ -176,14 +177,18 @@ async def test_producer_never_waits_and_memory_stays_bounded_while_down(
                 assert file_size(journal_path) == 0
 
 
+@pytest.mark.parametrize("spill_chunk", [1000, 40])
 async def test_order_kept_when_the_queue_fills_during_a_slow_write(
-    journal_path: pathlib.Path, store: FakeAuditStore, autojump_clock: trio.abc.Clock
+    journal_path: pathlib.Path,
+    store: FakeAuditStore,
+    spill_chunk: int,
+    autojump_clock: trio.abc.Clock,
 ) -> None:
     # The batch being written is moved to the journal with the rest of the queue: order holds,
     # and its second writing stores nothing twice.
     store.slow = True
     store.slow_seconds = 1.0
-    cfg = config(memory_limit=150, write_deadline=10.0)
+    cfg = config(memory_limit=150, spill_chunk=spill_chunk, write_deadline=10.0)
     with AuditSink(journal_path=journal_path, config=cfg) as sink, trio.fail_after(60):
         async with running(sink, store):
             first = records(100)
