@@ -49,8 +49,8 @@ the same fan-out; the feed state says POLLING and a warning is logged at start.
 
 **Feed state** changes are logged, put into every mailbox under ``FEED_KEY``, and sent to
 ``audit`` as :class:`EngineEventRecord` (``quote_stream.connected`` / ``.stale`` /
-``.disconnected`` / ``.polling``) with ``send_nowait``: when the AuditWriter's inbox is full or
-closed the record is counted in ``audit_dropped`` and logged as an error; the feed never waits.
+``.disconnected`` / ``.polling``) through its never-blocking ``submit`` (the AuditSink); a sink
+that is already closed counts the record in ``audit_dropped`` and logs an error.
 """
 
 from __future__ import annotations
@@ -73,7 +73,6 @@ from engine.conflate import ConflatingMailbox
 from engine.errors import BrokerAnswerInvalid, BrokerError, ConfigError, RateLimited
 from engine.log import Level, Logger, get_logger
 from engine.messages import (
-    AuditRecord,
     EngineEventRecord,
     FeedEvent,
     FeedState,
@@ -89,6 +88,7 @@ from engine.supervisor import Backoff
 __all__ = [
     "FEED_KEY",
     "Connect",
+    "EventSink",
     "MarketFeedSocket",
     "QuoteFanout",
     "QuoteMailbox",
@@ -113,6 +113,12 @@ _KIND_NAMES: dict[type, str] = {
     wire.SummaryEvent: "summary",
     wire.TimesaleEvent: "timesale",
 }
+
+
+class EventSink(Protocol):
+    """Where feed-state records go (``actors.audit_writer.AuditSink`` fits): never blocks."""
+
+    def submit(self, record: EngineEventRecord) -> None: ...
 
 
 def trade_key(symbol: str) -> str:
@@ -428,7 +434,7 @@ class _Runner:
         self,
         *,
         fanout: QuoteFanout,
-        audit: trio.MemorySendChannel[AuditRecord] | None,
+        audit: EventSink | None,
         clock: MarketClock,
         config: QuoteStreamConfig,
         market_open: Callable[[dt.datetime], bool],
@@ -615,8 +621,8 @@ class _Runner:
             at=at,
         )
         try:
-            self.audit.send_nowait(record)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.audit.submit(record)
+        except trio.ClosedResourceError:
             self.fanout._audit_dropped += 1
             self.log.error("quote_stream.audit_dropped", kind=kind)
 
@@ -628,7 +634,7 @@ async def run(
     clock: MarketClock,
     connect: Connect | None = None,
     rest_poll: RestPoll | None = None,
-    audit: trio.MemorySendChannel[AuditRecord] | None = None,
+    audit: EventSink | None = None,
     config: QuoteStreamConfig | None = None,
     market_open: Callable[[dt.datetime], bool] = _always_open,
     rng: random.Random | None = None,

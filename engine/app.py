@@ -41,7 +41,6 @@ from engine.config import Config
 from engine.errors import ConfigError
 from engine.log import Level, get_logger
 from engine.messages import (
-    AuditRecord,
     RefreshPositions,
     SpreadLifecycle,
     SubscriptionCommand,
@@ -266,26 +265,16 @@ def _quote_stream_child(
     rest_poll: Any,
 ) -> Callable[..., Awaitable[None]]:
     async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        # QuoteStream reports its engine events on a channel; forward them to the sink.
-        events_send, events_recv = trio.open_memory_channel[AuditRecord](256)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_forward_events, events_recv, sink)
-            with inbox.clone() as subscriptions, events_send:
-                await quote_stream.run(
-                    inbox=subscriptions,
-                    fanout=fanout,
-                    clock=clock,
-                    connect=connect,
-                    rest_poll=rest_poll,
-                    audit=events_send,
-                    config=QuoteStreamConfig(),
-                    task_status=task_status,
-                )
+        with inbox.clone() as subscriptions:
+            await quote_stream.run(
+                inbox=subscriptions,
+                fanout=fanout,
+                clock=clock,
+                connect=connect,
+                rest_poll=rest_poll,
+                audit=sink,
+                config=QuoteStreamConfig(),
+                task_status=task_status,
+            )
 
     return run
-
-
-async def _forward_events(channel: trio.MemoryReceiveChannel[AuditRecord], sink: AuditSink) -> None:
-    async with channel:
-        async for record in channel:
-            sink.submit(record)

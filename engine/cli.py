@@ -47,6 +47,7 @@ __all__ = ["COMMANDS", "GLOBAL_FLAGS", "build_parser", "main", "run"]
 COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("db", "engine.cli_db"),
     ("demo", "engine.cli_demo"),
+    ("run", "engine.cli_run"),
     # The simulator's commands (`spreadwatch sim`, `spreadwatch scenario run`) register here:
     ("sim", "sim.cli"),
     ("scenario", "engine.cli_scenario"),

@@ -63,6 +63,16 @@ FAST = QuoteStreamConfig(stale_after=30.0, reconnect_backoff_base=0.5)
 # ---------------------------------------------------------------------------------------------
 
 
+class _ChannelSink:
+    """The audit sink's never-blocking ``submit`` onto a channel the test can read."""
+
+    def __init__(self, channel: trio.MemorySendChannel[AuditRecord]) -> None:
+        self._channel = channel
+
+    def submit(self, record: EngineEventRecord) -> None:
+        self._channel.send_nowait(record)
+
+
 @dataclass
 class ServerConn:
     """The server end of one market-stream connection."""
@@ -179,7 +189,7 @@ async def running(
                 inbox=inbox,
                 fanout=fanout,
                 connect=market.connect,
-                audit=audit_send,
+                audit=_ChannelSink(audit_send),
                 clock=TrioMarketClock(START),
                 config=config,
                 rng=random.Random(7),
