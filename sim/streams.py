@@ -27,7 +27,7 @@ __all__ = ["AccountHub", "MarketHub", "SessionStore"]
 
 SESSION_TTL = 300.0  # real seconds
 _KINDS = frozenset({"quote", "trade", "summary", "timesale", "tradex"})
-_DEFAULT_KINDS = frozenset({"quote", "trade", "summary", "timesale"})
+_DEFAULT_KINDS = _KINDS  # Tradier: no `filter` means every kind, tradex included
 _FRAME_LINES = 2000  # events per frame with linebreak: keeps frames well under 1 MiB
 _DROP = object()
 
