@@ -17,6 +17,8 @@ only ever see this tree::
     │   ├── RateLimited            the broker said slow down
     │   └── BrokerAnswerInvalid    the broker answered something we cannot decode
     ├── OrderRejected              the broker refused an order (a message where it is handled)
+    │   └── OrderAlreadyFinal      a cancel/modify found the order already final (e.g. filled):
+    │                              not an error, the order's outcome is to be read
     └── InvalidSymbol              not an OCC option symbol
 """
 
@@ -33,6 +35,7 @@ __all__ = [
     "FatalError",
     "InvalidSymbol",
     "MigrationError",
+    "OrderAlreadyFinal",
     "OrderRejected",
     "RateLimited",
     "ScenarioError",
@@ -98,6 +101,17 @@ class OrderRejected(SpreadwatchError):
     def __init__(self, message: str, *, reasons: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.reasons = reasons
+
+
+class OrderAlreadyFinal(OrderRejected):
+    """A cancel or modify reached an order that had already reached a final ``state``
+    (``filled``, ``canceled``, ``expired``, ``rejected``): nothing was changed, and the
+    order's outcome (a fill above all) must be read from the broker, not treated as an error.
+    Catch it before :class:`OrderRejected`."""
+
+    def __init__(self, message: str, *, state: str, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message, reasons=reasons)
+        self.state = state
 
 
 class InvalidSymbol(SpreadwatchError, ValueError):

@@ -8,18 +8,27 @@ what Tradier did       what the caller sees
 5xx, 404, timeout,     :class:`BrokerUnavailable`: the outcome is unknown, so an order
 dropped connection     call must be resolved by reading the broker's orders, not resent
 200 with ``errors``    :class:`OrderRejected` carrying Tradier's reasons
+400 "order already     :class:`OrderAlreadyFinal` (a subclass of OrderRejected) on a
+in finalized state:    cancel or modify: not an error, the order's outcome (e.g. its
+<state>"               fill) is to be read
 other 4xx              :class:`OrderRejected` on order calls, else BrokerAnswerInvalid
 undecodable body       :class:`BrokerAnswerInvalid`
 =====================  ==========================================================
+
+Order writes (place, modify, cancel) are never retried here: after BrokerUnavailable the caller
+must read the broker's orders (by tag) to learn whether it took effect, never send again.
 
 Every call has a deadline (``timeout`` seconds, applied by httpx per request).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from types import TracebackType
+from typing import Literal, overload
 
 import httpx
 import msgspec
@@ -29,9 +38,11 @@ from engine.errors import (
     AuthFailed,
     BrokerAnswerInvalid,
     BrokerUnavailable,
+    OrderAlreadyFinal,
     OrderRejected,
     RateLimited,
 )
+from engine.messages import OrderLeg
 
 __all__ = ["RateLimitState", "TradierRest"]
 
@@ -128,6 +139,135 @@ class TradierRest:
         data = await self._request("GET", path, params={"includeTags": "true"}, what="order")
         return wire.decode_order(data)
 
+    # -- order writes (rate-limit group "trading") ---------------------------------------------
+
+    @overload
+    async def place_multileg(
+        self,
+        *,
+        symbol: str,
+        type: str,
+        duration: str,
+        price: Decimal | None,
+        legs: Sequence[OrderLeg],
+        tag: str | None,
+        preview: Literal[False] = False,
+    ) -> wire.PlacedOrder: ...
+    @overload
+    async def place_multileg(
+        self,
+        *,
+        symbol: str,
+        type: str,
+        duration: str,
+        price: Decimal | None,
+        legs: Sequence[OrderLeg],
+        tag: str | None,
+        preview: Literal[True],
+    ) -> wire.OrderPreview: ...
+    async def place_multileg(
+        self,
+        *,
+        symbol: str,
+        type: str,
+        duration: str,
+        price: Decimal | None,
+        legs: Sequence[OrderLeg],
+        tag: str | None,
+        preview: bool = False,
+    ) -> wire.PlacedOrder | wire.OrderPreview:
+        """``class=multileg``: 2 to 4 legs (``option_symbol[i]``, ``side[i]``,
+        ``quantity[i]``) at one net ``price`` (positive; required for debit and credit)."""
+        if not 2 <= len(legs) <= 4:
+            raise ValueError(f"a multileg order has 2 to 4 legs, got {len(legs)}")
+        form = {"class": "multileg", "symbol": symbol, "type": str(type)}
+        form.update(_duration_price(duration, price))
+        for i, leg in enumerate(legs):
+            form[f"option_symbol[{i}]"] = leg.option_symbol
+            form[f"side[{i}]"] = str(leg.side)
+            form[f"quantity[{i}]"] = str(leg.quantity)
+        return await self._place(form, tag=tag, preview=preview)
+
+    @overload
+    async def place_option(
+        self,
+        *,
+        symbol: str,
+        option_symbol: str,
+        side: str,
+        quantity: int,
+        type: str,
+        duration: str,
+        price: Decimal | None,
+        tag: str | None,
+        preview: Literal[False] = False,
+    ) -> wire.PlacedOrder: ...
+    @overload
+    async def place_option(
+        self,
+        *,
+        symbol: str,
+        option_symbol: str,
+        side: str,
+        quantity: int,
+        type: str,
+        duration: str,
+        price: Decimal | None,
+        tag: str | None,
+        preview: Literal[True],
+    ) -> wire.OrderPreview: ...
+    async def place_option(
+        self,
+        *,
+        symbol: str,
+        option_symbol: str,
+        side: str,
+        quantity: int,
+        type: str,
+        duration: str,
+        price: Decimal | None,
+        tag: str | None,
+        preview: bool = False,
+    ) -> wire.PlacedOrder | wire.OrderPreview:
+        """``class=option``: one leg; ``symbol`` is the underlying."""
+        form = {
+            "class": "option",
+            "symbol": symbol,
+            "option_symbol": option_symbol,
+            "side": str(side),
+            "quantity": str(quantity),
+            "type": str(type),
+        }
+        form.update(_duration_price(duration, price))
+        return await self._place(form, tag=tag, preview=preview)
+
+    async def modify_order(self, broker_order_id: int, *, price: Decimal) -> wire.PlacedOrder:
+        """Move a working order's limit (Tradier changes type, duration, price, stop only;
+        never the quantity). OrderAlreadyFinal when it had already finished."""
+        path = f"/accounts/{self.account_id}/orders/{broker_order_id}"
+        form = {"price": _price_text(price)}
+        data = await self._request("PUT", path, form=form, what="modify order", order_call=True)
+        return wire.decode_placed_order(data)
+
+    async def cancel_order(self, broker_order_id: int) -> wire.PlacedOrder:
+        """Cancel a working order. OrderAlreadyFinal (``state`` e.g. ``filled``) when it had
+        already finished: read the order then, it is not an error."""
+        path = f"/accounts/{self.account_id}/orders/{broker_order_id}"
+        data = await self._request("DELETE", path, what="cancel order", order_call=True)
+        return wire.decode_placed_order(data)
+
+    async def _place(
+        self, form: dict[str, str], *, tag: str | None, preview: bool
+    ) -> wire.PlacedOrder | wire.OrderPreview:
+        if tag is not None:
+            form["tag"] = tag
+        if preview:
+            form["preview"] = "true"
+        path = f"/accounts/{self.account_id}/orders"
+        what = "preview order" if preview else "place order"
+        data = await self._request("POST", path, form=form, what=what, order_call=True)
+        return wire.decode_order_preview(data) if preview else wire.decode_placed_order(data)
+
     # -- the one request path -----------------------------------------------------------------
 
     async def _request(
@@ -151,7 +291,7 @@ class TradierRest:
             raise BrokerUnavailable(f"{what}: no answer from Tradier in time ({exc!r})") from exc
         except httpx.TransportError as exc:
             raise BrokerUnavailable(f"{what}: connection to Tradier failed ({exc!r})") from exc
-        self._note_rate_limit(path, response.headers)
+        self._note_rate_limit(method, path, response.headers)
         return self._check(response, what=what, order_call=order_call)
 
     def _check(self, response: httpx.Response, *, what: str, order_call: bool) -> bytes:
@@ -167,6 +307,11 @@ class TradierRest:
         if status >= 400:
             text = body.decode(errors="replace").strip()[:200]
             if order_call:
+                final = _FINALIZED.search(text)
+                if final is not None:
+                    raise OrderAlreadyFinal(
+                        f"{what}: {text}", state=final["state"].lower(), reasons=(text,)
+                    )
                 raise OrderRejected(f"{what}: HTTP {status}: {text}", reasons=(text,))
             raise BrokerAnswerInvalid(f"{what}: HTTP {status}: {text}")
         reasons = wire.decode_errors(body) if b'"errors"' in body else None
@@ -174,11 +319,11 @@ class TradierRest:
             raise OrderRejected(f"{what}: rejected: {'; '.join(reasons)}", reasons=reasons)
         return body
 
-    def _note_rate_limit(self, path: str, headers: httpx.Headers) -> None:
+    def _note_rate_limit(self, method: str, path: str, headers: httpx.Headers) -> None:
         allowed = _int_header(headers, "X-Ratelimit-Allowed")
         if allowed is None:
             return
-        self.rate_limits[_limit_group(path)] = RateLimitState(
+        self.rate_limits[_limit_group(method, path)] = RateLimitState(
             allowed=allowed,
             used=_int_header(headers, "X-Ratelimit-Used") or 0,
             available=_int_header(headers, "X-Ratelimit-Available") or 0,
@@ -186,11 +331,36 @@ class TradierRest:
         )
 
 
-def _limit_group(path: str) -> str:
-    """Tradier's rate-limit groups: market data, trading (order writes), standard."""
+def _limit_group(method: str, path: str) -> str:
+    """Tradier's rate-limit groups: market data, trading (order writes: place, modify,
+    cancel), standard (everything else, order reads included)."""
     if path.startswith("/markets"):
         return "market_data"
+    if method in _WRITES and _ORDERS_PATH.fullmatch(path):
+        return "trading"
     return "standard"
+
+
+_WRITES = frozenset({"POST", "PUT", "DELETE"})
+_ORDERS_PATH = re.compile(r"/accounts/[^/]+/orders(/[^/]+)?")
+# Tradier's plain-text 400 for a cancel/modify of a finished order.
+_FINALIZED = re.compile(
+    r"already in finali[sz]ed state:\s*(?P<state>[A-Za-z_]+)", re.IGNORECASE
+)
+
+
+def _price_text(price: Decimal) -> str:
+    """A price as Tradier reads it: plain digits, never an exponent (``Decimal("1E+1")``)."""
+    if not price.is_finite():
+        raise ValueError(f"not a price: {price}")
+    return format(price, "f")
+
+
+def _duration_price(duration: str, price: Decimal | None) -> dict[str, str]:
+    form = {"duration": str(duration)}
+    if price is not None:
+        form["price"] = _price_text(price)
+    return form
 
 
 def _int_header(headers: httpx.Headers, name: str) -> int | None:

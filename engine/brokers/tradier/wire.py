@@ -28,6 +28,7 @@ __all__ = [
     "Heartbeat",
     "OrderEvent",
     "OrderLeg",
+    "OrderPreview",
     "OrderView",
     "PlacedOrder",
     "Position",
@@ -45,6 +46,7 @@ __all__ = [
     "decode_errors",
     "decode_market_frame",
     "decode_order",
+    "decode_order_preview",
     "decode_orders",
     "decode_placed_order",
     "decode_positions",
@@ -311,6 +313,23 @@ class PlacedOrder(msgspec.Struct, frozen=True):
     partner_id: str | None = None
 
 
+class OrderPreview(msgspec.Struct, frozen=True):
+    """The answer to ``preview=true``: the order was validated, not placed (no id)."""
+
+    status: str
+    result: bool | None = None
+    cost: Decimal | None = None
+    order_cost: Decimal | None = None
+    commission: Decimal | None = None
+    fees: Decimal | None = None
+    margin_change: Decimal | None = None
+    quantity: Decimal | None = None
+    type: str | None = None
+    price: Decimal | None = None
+    strategy: str | None = None
+    order_class: str | None = msgspec.field(default=None, name="class")
+
+
 class ClockAnswer(msgspec.Struct, frozen=True):
     date: str
     state: str
@@ -394,6 +413,13 @@ def decode_placed_order(data: bytes) -> PlacedOrder:
     if not isinstance(body.get("order"), dict):
         raise BrokerAnswerInvalid(f"placed order: no 'order' object in answer {data[:120]!r}")
     return _convert(body["order"], PlacedOrder, "placed order")
+
+
+def decode_order_preview(data: bytes) -> OrderPreview:
+    body = _body(data, "order preview")
+    if not isinstance(body.get("order"), dict):
+        raise BrokerAnswerInvalid(f"order preview: no 'order' object in answer {data[:120]!r}")
+    return _convert(body["order"], OrderPreview, "order preview")
 
 
 def decode_clock(data: bytes) -> ClockAnswer:
