@@ -99,7 +99,7 @@ def parse_order_request(request: Request) -> OrderRequest:
                 _choice(request, f"side[{i}]", _SIDES),
                 _quantity(_required(request, f"quantity[{i}]"), f"quantity[{i}]"),
             ))
-        if len(legs) < 2:
+        if len(legs) < 2 or request.param("option_symbol[4]") is not None:
             raise BadParameter("Invalid Parameter: a multileg order needs 2 to 4 legs "
                                "(option_symbol[0..3], side[i], quantity[i])")
     return OrderRequest(order_class=order_class, symbol=symbol, type=order_type,

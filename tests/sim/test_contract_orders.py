@@ -239,3 +239,29 @@ async def test_cancel_answers_and_finalized_orders_are_400_plain_text() -> None:
                 assert finished.headers["content-type"].startswith("text/plain")
                 assert finished.text == "order already in finalized state: filled"
             nursery.cancel_scope.cancel()
+
+
+async def test_multileg_needs_two_to_four_legs_and_a_positive_net_price() -> None:
+    five_legs = {**SPREAD_CLOSE, "quantity[0]": "1", "quantity[1]": "1"}
+    for i, (symbol, side) in enumerate([(PUT_655, "buy_to_open"), ("SPY251219P00660000",
+                                        "sell_to_open"), ("SPY251219P00665000",
+                                        "buy_to_open")], start=2):
+        five_legs.update({f"option_symbol[{i}]": symbol, f"side[{i}]": side,
+                          f"quantity[{i}]": "1"})
+    one_leg = {k: v for k, v in SPREAD_CLOSE.items() if not k.endswith("[1]")}
+    without_price = {k: v for k, v in SPREAD_CLOSE.items() if k != "price"}
+    negative = {**SPREAD_CLOSE, "price": "-0.10"}
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            handle = await contract_sim(nursery)
+            async with client(handle) as http:
+                for name, params in (("five legs", five_legs), ("one leg", one_leg),
+                                     ("debit without price", without_price),
+                                     ("negative net price", negative)):
+                    answer = await http.post(ORDERS, data=params)
+                    refused = answer.status_code == 400 or (
+                        answer.status_code == 200 and "errors" in answer.json())
+                    assert refused, (name, answer.status_code, answer.text)
+                # None of them was placed (a five-leg order is not cut to four).
+                assert (await http.get(ORDERS)).json() == {"orders": "null"}
+            nursery.cancel_scope.cancel()

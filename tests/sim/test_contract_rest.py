@@ -96,6 +96,14 @@ async def test_rate_limit_headers_per_group_and_refusal_when_exceeded() -> None:
                 market = await http.get("/markets/clock")
                 assert market.headers["X-Ratelimit-Allowed"] == "5"
                 assert market.headers["X-Ratelimit-Used"] == "1"
+                # Placing, changing and cancelling orders is the trading group.
+                placed = await http.post(f"/accounts/{ACCOUNT}/orders", data={
+                    "class": "option", "symbol": "SPY", "option_symbol": PUT_650,
+                    "side": "buy_to_close", "quantity": "1", "type": "limit",
+                    "duration": "day", "price": "0.01"})
+                assert placed.status_code == 200, placed.text
+                assert placed.headers["X-Ratelimit-Allowed"] == "60"
+                assert placed.headers["X-Ratelimit-Used"] == "1"
                 # The refusal's status is "unsure" in the reference; sim/README.md chose 429
                 # with a JSON fault.
                 refused = await http.get(f"/accounts/{ACCOUNT}/balances")
