@@ -22,6 +22,7 @@ Rules the bridge follows (see DESIGN section 4):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import pathlib
 import urllib.parse
@@ -495,10 +496,15 @@ async def _pool(
     try:
         yield pool
     finally:
-        with trio.move_on_after(_CLOSE_DEADLINE, shield=True) as scope:
-            with contextlib.suppress(DatabaseError):
+        closed = False
+        with trio.move_on_after(_CLOSE_DEADLINE, shield=True):
+            # asyncpg's graceful close can raise asyncio.CancelledError (not trio's) when a
+            # connection was killed mid-operation; a pool that will not close gracefully is
+            # terminated instead.
+            with contextlib.suppress(DatabaseError, asyncio.CancelledError):
                 await bridge.call(pool.close)
-        if scope.cancelled_caught:
+                closed = True
+        if not closed:
             pool.terminate()
 
 
