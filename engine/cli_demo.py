@@ -1,64 +1,102 @@
 """``spreadwatch demo``: the quick start's "run it" command.
 
-For now it starts the embedded database (kept in ``.spreadwatch/pgdata`` under the current
-directory unless configured otherwise, so the quick start leaves nothing elsewhere), applies the
-migrations and prints one status line. A later issue makes it run the whole engine against the
-simulator.
+Runs the engine against the simulator with a bundled scenario (a SPY bull put credit spread
+during a sell-off, with a dropped market socket and a stale quote along the way), on a fresh
+embedded PostgreSQL, and prints what happens in plain lines: the market as the engine sees it,
+the spread's mark and P&L, the feed, and every exit decision with its rule. The engine's own
+JSON logs are kept to errors here (``--log-level info`` shows them all).
+
+The order side is not wired yet, so the demo runs in dry run: exits are decided and recorded,
+no order is sent.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import pathlib
+import sys
+from decimal import Decimal
+from typing import Any
 
-from engine.cli_db import open_configured_database
+import msgspec
+
+from engine.clock import NEW_YORK
 from engine.config import Config
 
-__all__ = ["DEMO_DATA_DIR", "register"]
+__all__ = ["DEMO_SCENARIO", "DEMO_SPEED", "register"]
 
-#: Relative to the current directory when the command runs.
-DEMO_DATA_DIR = pathlib.Path(".spreadwatch") / "pgdata"
+DEMO_SCENARIO = "credit_spread_stop.toml"
+DEMO_SPEED = 40.0  # market seconds per real second: the scenario's 30 minutes in 45 s
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = subparsers.add_parser(
         "demo",
-        help="start the embedded database, migrate it and show the status",
-        description="Start the embedded database (in ./.spreadwatch/pgdata unless configured), "
-        "apply the migrations and print one status line.",
+        help="run the engine against the simulator with a bundled scenario (dry run)",
+        description="Start the simulator with a bundled scenario and the engine against it on "
+        "a fresh embedded database; show the spread being watched and the exit decisions.",
     )
-    # The defaults layer only: --data-dir, SPREADWATCH_DATABASE__DATA_DIR, the config file
-    # and DATABASE_URL all still win.
-    demo.set_defaults(
-        handler=_demo, config_defaults={"database.data_dir": pathlib.Path.cwd() / DEMO_DATA_DIR}
-    )
+    demo.add_argument("--scenario", default=None, metavar="FILE", help="another scenario file")
+    demo.add_argument("--speed", type=float, default=DEMO_SPEED, help="market seconds per second")
+    # The engine's JSON logs stay quiet unless asked for: the demo prints its own lines.
+    demo.set_defaults(handler=_demo, config_defaults={"log.level": "error"})
 
 
 async def _demo(args: argparse.Namespace, config: Config) -> int:
-    from storage import apply_migrations, migration_status
+    from engine.scenario_run import run_with_engine
+    from sim.scenario import load_scenario
 
-    async with open_configured_database(config) as db:
-        applied_now = await apply_migrations(db)
-        states = await migration_status(db)
-        version = await db.fetchval("SHOW server_version")
-        where = (
-            f"embedded PostgreSQL {version} in {_shown(config.database.data_dir)}"
-            if db.embedded
-            else f"PostgreSQL {version} at {db.target}"
-        )
-        applied = sum(1 for s in states if s.applied_at is not None)
-        latest = states[-1].name if states else "none"
-        print(
-            f"spreadwatch demo: database ready: {where}; migrations applied: "
-            f"{applied}/{len(states)} (latest {latest}, {len(applied_now)} applied now)",
-            flush=True,
-        )
+    if args.scenario is not None:
+        scenario = load_scenario(args.scenario)
+    else:
+        bundled = importlib.resources.files("sim") / "examples" / DEMO_SCENARIO
+        with importlib.resources.as_file(bundled) as path:
+            scenario = load_scenario(pathlib.Path(path))
+    scenario = msgspec.structs.replace(scenario, speed=args.speed)
+    _say(f"spreadwatch demo: scenario {scenario.name!r}: {scenario.description}")
+    _say(
+        f"  simulator on loopback, engine in dry run, fresh embedded PostgreSQL; "
+        f"{scenario.duration} of market time at {args.speed:g}x"
+    )
+    report = await run_with_engine(scenario, config, dry_run=True, progress=_progress)
+    _summary(report)
     return 0
 
 
-def _shown(path: pathlib.Path) -> str:
-    # Shorter and friendlier when the data lives under the current directory.
-    try:
-        return str(path.absolute().relative_to(pathlib.Path.cwd()))
-    except ValueError:
-        return str(path)
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _progress(sim: Any, engine: Any) -> None:
+    """One line: market time, the underlying and each watched leg as the engine sees them."""
+    fanout = engine.fanout
+    stats = fanout.statistics()
+    parts = [f"{sim.clock.now().astimezone(NEW_YORK):%H:%M:%S} ET"]
+    for symbol in sorted(fanout.symbols, key=len):
+        quote = fanout.latest_quote(symbol)
+        if quote is not None and quote.bid is not None and quote.ask is not None:
+            parts.append(f"{symbol} {quote.bid}x{quote.ask}")
+    parts.append(f"feed {stats.feed_state} ({sum(stats.events_by_kind.values())} events)")
+    audit = engine.audit.statistics()
+    parts.append(f"audit {audit.written} written")
+    _say("  " + " | ".join(parts))
+
+
+def _summary(report: dict[str, Any]) -> None:
+    decisions = report.get("decision_list", [])
+    _say(f"exit decisions: {report['decisions']}")
+    for d in decisions:
+        _say(
+            f"  trade {d['trade_id']}: {d['kind']} by {d['rule']} at {d['at']}"
+            f" (rules fired: {', '.join(d['rules_fired'])}; quantity {d['exit_quantity']};"
+            f" dry run)"
+        )
+    for trade in report["trades"]:
+        pnl = trade["realized_pnl"]
+        _say(
+            f"trade {trade['id']}: {trade['strategy']} x{trade['quantity']} {trade['status']}"
+            + (f" realized {Decimal(pnl):.2f}" if pnl is not None else "")
+        )
+    _say(f"orders sent: {len(report['orders'])} (dry run: none expected)")
+    sys.stdout.flush()

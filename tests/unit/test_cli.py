@@ -127,15 +127,15 @@ def test_flags_override_the_environment(tmp_path: Path, monkeypatch: pytest.Monk
     assert _load(global_args, args).database.url == "postgresql://env@db/x"
 
 
-def test_demo_defaults_its_data_dir_under_the_current_directory(
+def test_demo_keeps_the_engine_logs_to_errors_unless_asked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for key in [k for k in os.environ if k.startswith("SPREADWATCH_") or k == "DATABASE_URL"]:
         monkeypatch.delenv(key)
     global_args, args = _parse(["demo"])
-    assert _load(global_args, args).database.data_dir == Path.cwd() / ".spreadwatch" / "pgdata"
-    global_args, args = _parse(["demo", "--data-dir", "/elsewhere"])
-    assert _load(global_args, args).database.data_dir == Path("/elsewhere")
+    assert _load(global_args, args).log.level == "error"
+    global_args, args = _parse(["demo", "--log-level", "info"])
+    assert _load(global_args, args).log.level == "info"
 
 
 def test_errors_become_one_line_and_the_right_status(capsys: pytest.CaptureFixture[str]) -> None:
@@ -204,15 +204,18 @@ def test_db_migrate_twice_then_status_reports_everything_applied(tmp_path: Path)
 
 
 @pytest.mark.storage
-def test_demo_prints_its_status_line(tmp_path: Path) -> None:
-    result = _spreadwatch("demo", cwd=tmp_path)
+@pytest.mark.system
+def test_demo_runs_the_engine_against_the_simulator_and_decides_the_stop(tmp_path: Path) -> None:
+    # The bundled scenario drives SPY toward the short strike: the engine must watch the spread
+    # and decide the stop (dry run: no order reaches the simulator).
+    result = _spreadwatch("demo", "--speed", "150", cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
-    names = _migration_names()
-    (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith("spreadwatch demo:")]
-    assert re.search(r"embedded PostgreSQL \d+(\.\d+)? in \.spreadwatch/pgdata", line), line
-    assert f"migrations applied: {len(names)}/{len(names)}" in line
-    assert (tmp_path / ".spreadwatch" / "pgdata").is_dir()  # self-contained under the cwd
-    assert result.stderr == ""
+    out = result.stdout
+    assert "spreadwatch demo: scenario 'credit-spread-stop'" in out
+    assert re.search(r"SPY251219P00650000 \d+\.\d+x\d+\.\d+", out), out  # quotes reached it
+    assert "exit decisions: 1" in out
+    assert re.search(r"trade 1: EXIT by stop_loss at .*dry run", out), out
+    assert "orders sent: 0" in out
 
 
 @pytest.mark.storage
