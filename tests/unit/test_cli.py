@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -31,6 +34,17 @@ def _clean_env(**extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+@pytest.fixture
+def private_dir() -> Iterator[Path]:
+    """A directory outside pytest's tmp tree for an embedded server's data: as root the server
+    runs as another user, and any pytest run that starts chmods /tmp/pytest-of-<user> to 0700."""
+    directory = Path(tempfile.mkdtemp(prefix="spreadwatch-cli-test-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _spreadwatch(
@@ -176,7 +190,8 @@ def test_unreachable_database_fails_fast_with_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.storage
-def test_db_migrate_twice_then_status_reports_everything_applied(tmp_path: Path) -> None:
+def test_db_migrate_twice_then_status_reports_everything_applied(private_dir: Path) -> None:
+    tmp_path = private_dir
     names = _migration_names()
     assert names, "the migrations package holds no migration"
     data_dir = str(tmp_path / "pgdata")
@@ -219,7 +234,8 @@ def test_demo_runs_the_engine_against_the_simulator_and_decides_the_stop(tmp_pat
 
 
 @pytest.mark.storage
-async def test_db_status_exits_1_when_an_applied_migration_changed(tmp_path: Path) -> None:
+async def test_db_status_exits_1_when_an_applied_migration_changed(private_dir: Path) -> None:
+    tmp_path = private_dir
     import trio
 
     from storage import open_database
