@@ -88,7 +88,9 @@ async def seed_trades(db: Database, scenario: Scenario, *, opened_at: dt.datetim
     return ids
 
 
-async def _trades_report(db: Database, account_id: str) -> list[dict[str, Any]]:
+async def _trades_report(
+    db: Database, account_id: str, names: dict[int, str]
+) -> list[dict[str, Any]]:
     rows = await db.fetch(
         "SELECT trade_id, status, strategy, quantity, close_reason, realized_pnl, origin, managed"
         " FROM trades WHERE account = $1 ORDER BY trade_id",
@@ -96,7 +98,7 @@ async def _trades_report(db: Database, account_id: str) -> list[dict[str, Any]]:
     )
     return [
         {
-            "id": str(row["trade_id"]),
+            "id": names.get(row["trade_id"], str(row["trade_id"])),
             "status": row["status"],
             "strategy": row["strategy"],
             "quantity": row["quantity"],
@@ -109,7 +111,7 @@ async def _trades_report(db: Database, account_id: str) -> list[dict[str, Any]]:
     ]
 
 
-async def _decisions_report(db: Database) -> list[dict[str, Any]]:
+async def _decisions_report(db: Database, names: dict[int, str]) -> list[dict[str, Any]]:
     """Every exit decision (and every guard that held one back), oldest first."""
     rows = await db.fetch(
         "SELECT trade_id, decided_at, kind, rule, rules_fired, exit_action, exit_quantity,"
@@ -117,7 +119,7 @@ async def _decisions_report(db: Database) -> list[dict[str, Any]]:
     )
     return [
         {
-            "trade_id": str(row["trade_id"]),
+            "trade_id": names.get(row["trade_id"], str(row["trade_id"])),
             "at": row["decided_at"].isoformat(),
             "kind": row["kind"],
             "rule": row["rule"],
@@ -164,28 +166,39 @@ async def _run(
         sim: SimHandle = await nursery.start(
             lambda task_status: serve_simulator(scenario, task_status=task_status)
         )
-        await seed_trades(db, scenario, opened_at=sim.clock.now())
+        seeded = await seed_trades(db, scenario, opened_at=sim.clock.now())
+        # Seeded trades are reported under the scenario's own ids (T1...), others by database id.
+        names = {
+            trade_id: trade.id or f"T{index + 1}"
+            for index, (trade_id, trade) in enumerate(zip(seeded, scenario.trades, strict=True))
+        }
         market_clock = TrioMarketClock(sim.clock.now(), speed=scenario.speed)
         engine_config = engine_config_for(config, sim, dry_run=dry_run)
-        engine: EngineHandle = await nursery.start(
-            lambda task_status: run_engine(
-                engine_config, db=db, market_clock=market_clock, task_status=task_status
+        # The engine runs in its own nursery so that it stops before the simulator does (an
+        # engine that outlives its broker only logs a reconnect).
+        async with trio.open_nursery() as engine_nursery:
+            engine: EngineHandle = await engine_nursery.start(
+                lambda task_status: run_engine(
+                    engine_config, db=db, market_clock=market_clock, task_status=task_status
+                )
             )
-        )
-        if progress is not None:
-            nursery.start_soon(_report_progress, progress, sim, engine, progress_interval)
-        await sim.clock.sleep_until_offset(scenario.duration_seconds)
-        sim.simulator.tick()
-        # Whatever the watchers decided in the last instant must be in the report.
-        await _drain_audit(engine)
-        report = build_report(
-            sim.simulator,
-            decisions=0,
-            trades=await _trades_report(db, scenario.account_id),
-        )
-        decisions = await _decisions_report(db)
-        report["decisions"] = sum(1 for d in decisions if d["kind"] != "GUARDED")
-        report["decision_list"] = decisions
+            if progress is not None:
+                engine_nursery.start_soon(
+                    _report_progress, progress, sim, engine, progress_interval
+                )
+            await sim.clock.sleep_until_offset(scenario.duration_seconds)
+            sim.simulator.tick()
+            # Whatever the watchers decided in the last instant must be in the report.
+            await _drain_audit(engine)
+            report = build_report(
+                sim.simulator,
+                decisions=0,
+                trades=await _trades_report(db, scenario.account_id, names),
+            )
+            decisions = await _decisions_report(db, names)
+            report["decisions"] = sum(1 for d in decisions if d["kind"] != "GUARDED")
+            report["decision_list"] = decisions
+            engine_nursery.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
     return report
 

@@ -229,7 +229,7 @@ def test_demo_runs_the_engine_against_the_simulator_and_decides_the_stop(tmp_pat
     assert "spreadwatch demo: scenario 'credit-spread-stop'" in out
     assert re.search(r"SPY251219P00650000 \d+\.\d+x\d+\.\d+", out), out  # quotes reached it
     assert "exit decisions: 1" in out
-    assert re.search(r"trade 1: EXIT by stop_loss at .*dry run", out), out
+    assert re.search(r"trade T1: EXIT by stop_loss at .*dry run", out), out
     assert "orders sent: 0" in out
 
 
