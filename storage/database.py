@@ -35,9 +35,12 @@ import trio
 import trio_asyncio
 
 from engine.errors import ConfigError, DatabaseError, DatabaseUnavailable
+from engine.log import get_logger
 from storage import embedded
 from storage.codecs import init_connection
 from storage.errors import describe_reason, translate
+
+_log = get_logger("storage")
 
 __all__ = [
     "APP_DATABASE",
@@ -436,6 +439,35 @@ async def open_database(
                 yield Database(pool=pool, bridge=bridge, embedded_server=False)
 
 
+# What asyncpg leaves behind when a connection dies mid-operation: a future holding the error,
+# never retrieved because the operation that owned it has already failed (and been translated
+# into DatabaseUnavailable for its caller), or a pool's background reconnect cut short.
+_CONNECTION_LOSS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    ConnectionError,
+    OSError,
+    asyncio.CancelledError,
+    TimeoutError,
+)
+
+
+def _handle_asyncio_error(loop: Any, context: dict[str, Any]) -> None:
+    """trio-asyncio's default handler re-raises every unretrieved asyncio error into the loop's
+    nursery, which would take the whole database down over a connection already dead and
+    already reported. Those are logged; anything else still goes to the default handler."""
+    exception = context.get("exception")
+    if isinstance(exception, _CONNECTION_LOSS):
+        _log.warning(
+            "storage.connection_loss_leftover",
+            error=repr(exception),
+            message=str(context.get("message", "")),
+        )
+        return
+    loop.default_exception_handler(context)
+
+
 @contextlib.asynccontextmanager
 async def _asyncio_loop() -> AsyncIterator[Any]:
     # Reuse the caller's trio-asyncio loop when there is one: asyncpg objects are bound to one
@@ -449,6 +481,7 @@ async def _asyncio_loop() -> AsyncIterator[Any]:
     unwrapped: BaseException | None = None
     try:
         async with trio_asyncio.open_loop() as own_loop:
+            own_loop.set_exception_handler(_handle_asyncio_error)
             try:
                 yield own_loop
             except BaseException as exc:
