@@ -173,9 +173,6 @@ async def run(
 def _apply(watch: _Watch, item: object, log: Any, retry_after: float) -> bool:
     """Fold one mailbox item into the watch; True when market data changed."""
     match item:
-        case Quote(symbol=symbol) if symbol == watch.trade.underlying:
-            watch.quotes[symbol] = item
-            return True
         case Quote():
             watch.quotes[item.symbol] = item
             return True
@@ -254,7 +251,7 @@ async def _evaluate(
     now = snapshot.monotonic
     manual = watch.manual_exit_requested
     wants_exit = manual or evaluation.decision is DomainDecision.EXIT
-    acting = wants_exit and _may_act(watch, now, log)
+    acting = wants_exit and _may_act(watch, now)
     new_state = evaluation.new_state
     if not acting:
         # A tier only counts as fired when its exit is sent.
@@ -273,7 +270,7 @@ async def _evaluate(
             audit.submit(_record(watch, evaluation, snapshot, settings, Decision.HOLD))
 
 
-def _may_act(watch: _Watch, now: float, log: Any) -> bool:
+def _may_act(watch: _Watch, now: float) -> bool:
     if watch.out_of_sync:
         return False
     if watch.exit_in_flight is not None:
