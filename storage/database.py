@@ -136,39 +136,30 @@ class _Bridge:
         return result
 
 
-class Connection:
-    """One database session (taken from the pool for the duration of an ``async with``)."""
+class _Statements:
+    """The statement methods, trio-facing, shared by :class:`Connection` and :class:`Database`:
+    ``_target`` is an asyncpg connection or pool (they have the same methods) and ``_call``
+    runs one of its coroutines through the bridge, translating failures."""
 
-    def __init__(self, raw: Any, bridge: _Bridge) -> None:
-        self._raw = raw  # asyncpg connection (a pool proxy)
-        self._bridge = bridge
-        self._released = False  # set when its acquire() block ends
+    _target: Any
 
     async def _call(self, operation: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        return await self._bridge.call(operation, session_lost=self._session_lost)
-
-    def _session_lost(self, _exc: BaseException) -> bool:
-        if self._released:
-            return False  # used after its block: a bug, not an outage
-        try:
-            return bool(self._raw.is_closed())
-        except asyncpg.InterfaceError:
-            return True  # the pool detached it because the connection died
+        raise NotImplementedError
 
     async def execute(self, query: str, *args: object) -> str:
-        return await self._call(lambda: self._raw.execute(query, *args))
+        return await self._call(lambda: self._target.execute(query, *args))
 
     async def fetch(self, query: str, *args: object) -> list[Row]:
-        return await self._call(lambda: self._raw.fetch(query, *args))
+        return await self._call(lambda: self._target.fetch(query, *args))
 
     async def fetchrow(self, query: str, *args: object) -> Row | None:
-        return await self._call(lambda: self._raw.fetchrow(query, *args))
+        return await self._call(lambda: self._target.fetchrow(query, *args))
 
     async def fetchval(self, query: str, *args: object, column: int = 0) -> Any:
-        return await self._call(lambda: self._raw.fetchval(query, *args, column=column))
+        return await self._call(lambda: self._target.fetchval(query, *args, column=column))
 
     async def executemany(self, command: str, args: Iterable[Sequence[object]]) -> None:
-        await self._call(lambda: self._raw.executemany(command, args))
+        await self._call(lambda: self._target.executemany(command, args))
 
     async def copy_records_to_table(
         self,
@@ -180,20 +171,40 @@ class Connection:
     ) -> str:
         """Bulk insert with COPY: the fastest way to write a batch (the audit writer's)."""
         return await self._call(
-            lambda: self._raw.copy_records_to_table(
+            lambda: self._target.copy_records_to_table(
                 table_name, records=records, columns=columns, schema_name=schema_name
             )
         )
 
+
+class Connection(_Statements):
+    """One database session (taken from the pool for the duration of an ``async with``)."""
+
+    def __init__(self, raw: Any, bridge: _Bridge) -> None:
+        self._target = raw  # asyncpg connection (a pool proxy)
+        self._bridge = bridge
+        self._released = False  # set when its acquire() block ends
+
+    async def _call(self, operation: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        return await self._bridge.call(operation, session_lost=self._session_lost)
+
+    def _session_lost(self, _exc: BaseException) -> bool:
+        if self._released:
+            return False  # used after its block: a bug, not an outage
+        try:
+            return bool(self._target.is_closed())
+        except asyncpg.InterfaceError:
+            return True  # the pool detached it because the connection died
+
     def is_in_transaction(self) -> bool:
         try:
-            return bool(self._raw.is_in_transaction())
+            return bool(self._target.is_in_transaction())
         except asyncpg.InterfaceError:
             return False  # the connection is gone, and its transaction with it
 
     def _terminate(self) -> None:
         with contextlib.suppress(asyncpg.InterfaceError):  # already detached: nothing to end
-            self._raw.terminate()
+            self._target.terminate()
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -202,7 +213,7 @@ class Connection:
         """A transaction (a savepoint when nested): committed if the block ends normally,
         rolled back if it raises or is cancelled. Commit and rollback are shielded."""
         try:
-            tx = self._raw.transaction(
+            tx = self._target.transaction(
                 isolation=isolation, readonly=readonly, deferrable=deferrable
             )
         except asyncpg.InterfaceError as exc:  # a proxy whose connection died raises at once
@@ -271,7 +282,7 @@ class Notifications:
         return await self.receive()
 
 
-class Database:
+class Database(_Statements):
     """A pool of connections to one PostgreSQL database. Methods are trio-facing.
 
     The query methods each take a connection from the pool for one statement; use
@@ -279,7 +290,7 @@ class Database:
     """
 
     def __init__(self, *, pool: Any, bridge: _Bridge, embedded_server: bool) -> None:
-        self._pool = pool
+        self._target = pool
         self._bridge = bridge
         self.embedded = embedded_server
 
@@ -293,39 +304,10 @@ class Database:
         # cannot be our concurrent use of one session: it is a session the server ended.
         return await self._bridge.call(operation, session_lost=_internal_error_in_flight)
 
-    async def execute(self, query: str, *args: object) -> str:
-        return await self._call(lambda: self._pool.execute(query, *args))
-
-    async def fetch(self, query: str, *args: object) -> list[Row]:
-        return await self._call(lambda: self._pool.fetch(query, *args))
-
-    async def fetchrow(self, query: str, *args: object) -> Row | None:
-        return await self._call(lambda: self._pool.fetchrow(query, *args))
-
-    async def fetchval(self, query: str, *args: object, column: int = 0) -> Any:
-        return await self._call(lambda: self._pool.fetchval(query, *args, column=column))
-
-    async def executemany(self, command: str, args: Iterable[Sequence[object]]) -> None:
-        await self._call(lambda: self._pool.executemany(command, args))
-
-    async def copy_records_to_table(
-        self,
-        table_name: str,
-        *,
-        records: Iterable[Sequence[object]],
-        columns: Sequence[str] | None = None,
-        schema_name: str | None = None,
-    ) -> str:
-        return await self._call(
-            lambda: self._pool.copy_records_to_table(
-                table_name, records=records, columns=columns, schema_name=schema_name
-            )
-        )
-
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
         """One connection from the pool for the block (returned to the pool, shielded)."""
-        raw = await self._call(self._pool.acquire)
+        raw = await self._call(self._target.acquire)
         conn = Connection(raw, self._bridge)
         try:
             yield conn
@@ -335,7 +317,7 @@ class Database:
                 # A connection that cannot be released cleanly is discarded by the pool; that
                 # is not worth masking the block's own outcome for.
                 with contextlib.suppress(DatabaseError):
-                    await self._call(lambda: self._pool.release(raw))
+                    await self._call(lambda: self._target.release(raw))
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -376,7 +358,7 @@ class Database:
             send.close()
 
         async with self.acquire() as conn:
-            raw = conn._raw
+            raw = conn._target
             await conn._call(lambda: raw.add_listener(channel, on_notification))
             raw.add_termination_listener(on_termination)
             try:
@@ -393,9 +375,9 @@ class Database:
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(
-            size=int(self._pool.get_size()),
-            idle=int(self._pool.get_idle_size()),
-            max_size=int(self._pool.get_max_size()),
+            size=int(self._target.get_size()),
+            idle=int(self._target.get_idle_size()),
+            max_size=int(self._target.get_max_size()),
         )
 
 

@@ -81,13 +81,8 @@ class TradeEvent(msgspec.Struct, tag_field="type", tag="trade", frozen=True):
     last: Decimal | None = None
 
 
-class TradexEvent(msgspec.Struct, tag_field="type", tag="tradex", frozen=True):
-    symbol: str
-    price: Decimal | None = None
-    size: int | None = None
-    cvol: int | None = None
-    date: int | None = None
-    last: Decimal | None = None
+class TradexEvent(TradeEvent, tag="tradex", frozen=True):
+    """A trade with extended details; spreadwatch reads the same fields as a trade."""
 
 
 class SummaryEvent(msgspec.Struct, tag_field="type", tag="summary", frozen=True):
