@@ -190,13 +190,12 @@ async def _run(
             sim.simulator.tick()
             # Whatever the watchers decided in the last instant must be in the report.
             await _drain_audit(engine)
+            decisions = await _decisions_report(db, names)
             report = build_report(
                 sim.simulator,
-                decisions=0,
+                decisions=sum(1 for d in decisions if d["kind"] != "GUARDED"),
                 trades=await _trades_report(db, scenario.account_id, names),
             )
-            decisions = await _decisions_report(db, names)
-            report["decisions"] = sum(1 for d in decisions if d["kind"] != "GUARDED")
             report["decision_list"] = decisions
             engine_nursery.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
