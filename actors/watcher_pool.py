@@ -31,8 +31,8 @@ from engine.errors import FatalError
 from engine.log import get_logger
 from engine.messages import (
     CloseTradeNow,
-    OrderEvent,
     ReleaseSymbols,
+    RouterEvent,
     SpreadBackInSync,
     SpreadClosed,
     SpreadLifecycle,
@@ -187,7 +187,7 @@ class _Pool:
 async def run(
     *,
     lifecycle: trio.MemoryReceiveChannel[SpreadLifecycle],
-    order_events: trio.MemoryReceiveChannel[OrderEvent] | None = None,
+    order_events: trio.MemoryReceiveChannel[RouterEvent] | None = None,
     commands: trio.MemoryReceiveChannel[CloseTradeNow] | None = None,
     subscriptions: trio.MemorySendChannel[SubscriptionCommand],
     fanout: MailboxSource,
@@ -200,7 +200,8 @@ async def run(
     """Run the pool until cancelled (or until the lifecycle channel ends).
 
     ``order_events`` carry a ``trade_id``; each is forwarded to that trade's watcher, as are
-    ``commands`` (CloseTradeNow from the operator).
+    ``commands`` (CloseTradeNow from the operator). A SpreadClosed among the router's events
+    (its exit filled) stops the watcher as one from the mirror would.
     """
     async with trio.open_nursery() as nursery:
         pool = _Pool(
@@ -232,9 +233,12 @@ async def run(
 
 
 async def _forward(
-    channel: trio.MemoryReceiveChannel[OrderEvent] | trio.MemoryReceiveChannel[CloseTradeNow],
+    channel: trio.MemoryReceiveChannel[RouterEvent] | trio.MemoryReceiveChannel[CloseTradeNow],
     pool: _Pool,
 ) -> None:
     async with channel:
         async for event in channel:
-            pool.deliver(event.trade_id, event)
+            if isinstance(event, SpreadClosed):
+                await pool.on_lifecycle(event)
+            else:
+                pool.deliver(event.trade_id, event)

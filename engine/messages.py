@@ -84,6 +84,7 @@ __all__ = [
     "RepriceOrder",
     "Resume",
     "RouterCommand",
+    "RouterEvent",
     "SpreadBackInSync",
     "SpreadClosed",
     "SpreadLifecycle",
@@ -558,6 +559,10 @@ OrderEvent: TypeAlias = (
     | OrderExpired
     | Fill
 )
+
+# What OrderRouter sends to WatcherPool, on one channel so that a trade's accounting (its new
+# quantity, or its close) reaches the watcher before the order event that caused it.
+RouterEvent: TypeAlias = OrderEvent | SpreadQuantityChanged | SpreadClosed
 
 # What WatcherPool forwards to one PositionWatcher (quotes come through QuoteStream's mailbox).
 WatcherEvent: TypeAlias = (

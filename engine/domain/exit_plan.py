@@ -110,6 +110,13 @@ class ExitPlan(msgspec.Struct, frozen=True, kw_only=True):
     max_quote_age_seconds: Decimal = D(10)
     max_relative_width: Decimal = D("0.5")
     width_floor: Decimal = D("0.10")
+    # How the closing order is priced (the OrderRouter reads these): a limit at the mark,
+    # walked ``order_steps`` times, every ``order_step_seconds``, toward the natural price, up
+    # to ``order_price_cap`` of the way (1 = the natural); a market order only if allowed.
+    order_steps: int = 4
+    order_step_seconds: Decimal = D(5)
+    order_price_cap: Decimal = D(1)
+    allow_market_order: bool = False
 
 
 _NEVER = ExitPlan()  # every rule off: custom spreads are mirrored, never auto-exited
@@ -259,6 +266,12 @@ def _tiers(key: str, value: object) -> tuple[ScaleOutTier, ...]:
     return tuple(tiers)
 
 
+def _boolean(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"exit plan override {key!r}: expected true or false, got {value!r}")
+
+
 _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "profit_target": _optional(_POSITIVE),
     "stop_loss": _optional(_POSITIVE),
@@ -284,6 +297,10 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "max_quote_age_seconds": _POSITIVE,
     "max_relative_width": _POSITIVE,
     "width_floor": _NON_NEGATIVE,
+    "order_steps": _integer(0),
+    "order_step_seconds": _POSITIVE,
+    "order_price_cap": _ranged(D(0), D(1)),
+    "allow_market_order": _boolean,
 }
 assert set(_PARSERS) == set(ExitPlan.__struct_fields__), "every plan field needs a parser"
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from enum import StrEnum
 from typing import Final
@@ -58,6 +58,7 @@ __all__ = [
     "build_exit_order",
     "client_order_id",
     "closable_quantity",
+    "held_for_trade",
     "parse_client_order_id",
     "price_ladder",
 ]
@@ -347,3 +348,32 @@ def parse_client_order_id(tag: str | None) -> ClientOrderId | None:
     if match is None:
         return None
     return ClientOrderId(trade_id=int(match[1]), intent=match[2], attempt=int(match[3]))
+
+
+# ---------------------------------------------------------------------------------------------
+# What the broker holds for one trade
+# ---------------------------------------------------------------------------------------------
+
+
+def held_for_trade(
+    spread: Spread, broker_net: Mapping[str, int], others: Sequence[Spread]
+) -> dict[str, int]:
+    """The signed quantity of each of ``spread``'s legs the broker holds **for this trade**.
+
+    ``broker_net`` maps OCC symbols to the broker's signed net quantity; ``others`` are the
+    account's other open trades (their legs at their quantities). The broker's net is expected
+    to be the sum of every trade's signed legs, so this trade may claim what is left once the
+    other trades' legs are taken out, in its own direction, and never more than its own leg:
+    closing it can then never touch another trade's contracts, even on the same strikes. When
+    the broker holds less than the trades claim, the shortfall is charged to this trade (the
+    cautious side: an exit may close less, never someone else's position)."""
+    claimed_by_others: dict[str, int] = {}
+    for other in others:
+        for leg in other.legs:
+            claimed_by_others[leg.occ] = claimed_by_others.get(leg.occ, 0) + leg.signed_quantity
+    held: dict[str, int] = {}
+    for leg in spread.legs:
+        left = broker_net.get(leg.occ, 0) - claimed_by_others.get(leg.occ, 0)
+        same_way = max(0, min(left * leg.sign, leg.quantity))
+        held[leg.occ] = same_way * leg.sign
+    return held

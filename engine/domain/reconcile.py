@@ -30,7 +30,8 @@ what the answer shows for the trade    what is done
 every leg at its full quantity         intact; in sync again if it was out of sync
                                        (``MarkBackInSync``)
 every leg, in ratio, at a lower        ``ChangeQuantity`` to the held quantity (partial exit);
-quantity                               in sync again if it was out of sync
+quantity                               in sync again if it was out of sync; nothing while an
+                                       exit is in flight (the router accounts for its fills)
 some legs present, others gone (or     out of sync: ``MarkOutOfSync`` (once per change of the
 held out of ratio)                     missing set), left OPEN, quantity unchanged
 every leg gone, no exit in flight      one more consecutive confirmation (``MarkMissing``);
@@ -490,7 +491,9 @@ def _settle(
         return
     work.missing.pop(trade_id, None)
     if outcome.kind is _Kind.HELD:
-        if outcome.held != snapshot.quantity:
+        # While an exit works, fewer spreads held is most likely its fill: the router accounts
+        # for it from the order's fills (counting it here too would count it twice).
+        if outcome.held != snapshot.quantity and not trade.exit_in_flight:
             spread = snapshot.spread().with_quantity(outcome.held)
             work.actions.append(
                 ChangeQuantity(
