@@ -51,6 +51,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     # The simulator's commands (`spreadwatch sim`, `spreadwatch scenario run`) register here:
     ("sim", "sim.cli"),
     ("scenario", "engine.cli_scenario"),
+    ("halt", "engine.cli_control"),
 )
 
 # flag -> (argparse dest, config key). These feed load_config's command-line layer.
