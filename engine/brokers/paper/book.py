@@ -18,8 +18,8 @@ never imports ``sim``; keep the two in step:
   (that would open or flip a position), when an open would add to the opposite side, or when a
   debit has no buy leg / a credit no sell leg.
 
-Differences from the simulator, both on purpose: quote sizes are ignored there too, but here a
-quote side can be missing (the simulator's model always quotes both); and an order's
+Quote sizes are ignored, as in the simulator. Differences from it, both on purpose: a quote side
+can be missing here (no fill then; the simulator's model always quotes both); and an order's
 ``avg_fill_price`` is in the close-price convention (a debit's natural, a credit's
 -natural) where the simulator writes ``abs(natural)``: the two agree for every fill except one
 on a market crossed across strikes, where the signed price is the true one.

@@ -145,6 +145,7 @@ class PaperBroker:
             limit_price=paper.limit_price,
         )
         self._publish(paper.update())
+        self._note_symbols()
         self._fill([paper])
         return paper.broker_order_id
 
@@ -231,6 +232,7 @@ class PaperBroker:
 
     def _fill(self, orders: list[PaperOrder]) -> None:
         now = self._clock()
+        finished = False
         for order in orders:
             filled = self._book.try_fill(order, now)
             if filled is None:
@@ -246,7 +248,9 @@ class PaperBroker:
                 remaining_quantity=order.remaining,
             )
             self._publish(order.update(last_fill_quantity=lot, last_fill_price=price))
-        self._note_symbols()
+            finished = finished or order.is_final
+        if finished:  # only a finished order can change what is wanted
+            self._note_symbols()
 
     # -- the symbols working orders need -------------------------------------------------------
 
