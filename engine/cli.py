@@ -15,6 +15,8 @@ The handler gets the parsed arguments and the loaded :class:`~engine.config.Conf
 ``async`` handler is run under ``trio.run``. A command may also set ``config_defaults`` (a dict
 of dotted config keys) to change the *defaults* layer for itself only; files, environment and
 flags still override it (``demo`` keeps its database under the current directory this way).
+A command that reads no configuration sets ``needs_config=False`` and gets the built-in defaults,
+so a broken config file or environment cannot stop it (``tail`` reading a log).
 Modules are imported only when needed (the one named on the command line; all of them for
 ``--help``), so keep their top-level imports light and import heavy things inside handlers.
 
@@ -52,6 +54,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("sim", "sim.cli"),
     ("scenario", "engine.cli_scenario"),
     ("halt", "engine.cli_control"),
+    ("tail", "engine.cli_tail"),
 )
 
 # flag -> (argparse dest, config key). These feed load_config's command-line layer.
@@ -157,7 +160,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
     try:
         global_args, args = _parse(sys.argv[1:] if argv is None else argv)
-        config = _load(global_args, args)
+        config = _load(global_args, args) if getattr(args, "needs_config", True) else Config()
         configure_logging(level=config.log.level)
         handler: Handler = args.handler
         if inspect.iscoroutinefunction(handler):
