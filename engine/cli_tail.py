@@ -133,7 +133,8 @@ async def _tail(args: argparse.Namespace, config: Config) -> int:
             options=options,
             follow=args.follow,
             interval=args.interval,
-            stdin=cast(ChunkReader, sys.stdin.buffer),  # a BufferedReader; typeshed: BinaryIO
+            # A process may run without any stdin at all (sys.stdin is None then).
+            stdin=cast(ChunkReader | None, getattr(sys.stdin, "buffer", None)),
             out=out,
         )
     except BrokenPipeError:
@@ -156,18 +157,21 @@ async def tail(
     options: ViewOptions,
     follow: bool = False,
     interval: float = _DEFAULT_INTERVAL,
-    stdin: ChunkReader,
+    stdin: ChunkReader | None = None,
     out: Writer,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> TailStatistics:
     """Print ``source`` (a path, or ``-`` for ``stdin``) through ``options`` to ``out``.
 
-    Returns at end of input; with ``follow`` (files only) it runs until cancelled. Started
+    Returns at end of input; with ``follow`` (files only) it runs until cancelled. Output is
+    flushed after each chunk read, so a follower sees lines as they come. Started
     (``task_status``) once the file is open, so ``nursery.start`` sees a missing file as a
     :class:`SpreadwatchError`.
     """
     printer = _Printer(options, out)
     if source == "-":
+        if stdin is None:
+            raise SpreadwatchError("cannot read standard input: there is none")
         task_status.started()
         await _read_stream(stdin, printer)
     else:

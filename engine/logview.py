@@ -169,12 +169,12 @@ def parse_since(text: str) -> Since:
     if text and _DURATION_PART.sub("", text) == "":
         seconds = sum(float(n) * _UNIT[unit] for n, unit in _DURATION_PART.findall(text))
         return timedelta(seconds=seconds)
-    if re.fullmatch(r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?", text):
-        return time.fromisoformat(text if text.index(":") == 2 else "0" + text)
     try:
+        if re.fullmatch(r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?", text):
+            return time.fromisoformat(text if text.index(":") == 2 else "0" + text)
         return datetime.fromisoformat(text)
     except ValueError:
-        pass
+        pass  # out of range (25:99, month 13) or not a timestamp at all: one message for both
     raise ValueError(
         f"not a time: {text!r} (expected a duration like 10m or 2h, an ISO timestamp like "
         "2025-12-09T14:30 or 2025-12-09T19:30:00Z, or a time of day like 14:30)"
