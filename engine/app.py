@@ -8,15 +8,21 @@ Tree (started in this order, stopped in reverse; DESIGN section 2)::
     engine (one_for_one)
     ├── audit_writer          drains the AuditSink into decisions/events (group commit)
     ├── quote_stream          market data in, fanned out by symbol to the watchers' mailboxes
-    └── tracking (escalates on any crash, so the root restarts both together)
-        ├── portfolio_mirror  broker positions -> trades -> spread lifecycle
-        └── watcher_pool      one PositionWatcher per managed open spread
+    ├── tracking (escalates on any crash, so the root restarts both together)
+    │   ├── portfolio_mirror  broker positions -> trades -> spread lifecycle
+    │   └── watcher_pool      one PositionWatcher per managed open spread
+    └── order_router          exit intents -> closing orders -> fills -> trade accounting
+                              (not started in dry run: nothing is sent, nothing re-priced)
 
 The mirror and the pool restart together because the pool's watchers exist only as the mirror
 announced them: a lone pool restart would leave the spreads unwatched until the next change,
 while a mirror restart is a cold start that announces every open trade again.
 
-Dry run (and, until the order side lands, every run) sends no order: watchers decide and record.
+Channels that outlive a restart (the intents into the router, the router's events into the pool,
+refresh requests into the mirror) are made here once; each incarnation of an actor works on
+clones of its ends, so one actor's restart never closes another's channel.
+
+Dry run sends no order: watchers decide and record every decision marked dry run.
 """
 
 from __future__ import annotations
@@ -29,8 +35,16 @@ from typing import Any
 
 import trio
 
-from actors import audit_writer, portfolio_mirror, position_watcher, quote_stream, watcher_pool
+from actors import (
+    audit_writer,
+    order_router,
+    portfolio_mirror,
+    position_watcher,
+    quote_stream,
+    watcher_pool,
+)
 from actors.audit_writer import AuditSink
+from actors.order_follower import RouterSettings
 from actors.position_watcher import WatcherSettings
 from actors.quote_stream import QuoteFanout, QuoteStreamConfig
 from engine.brokers.tradier.broker import TradierBroker
@@ -42,6 +56,8 @@ from engine.errors import ConfigError
 from engine.log import Level, get_logger
 from engine.messages import (
     RefreshPositions,
+    RouterCommand,
+    RouterEvent,
     SpreadLifecycle,
     SubscriptionCommand,
     TradeSnapshot,
@@ -49,6 +65,7 @@ from engine.messages import (
 from engine.supervisor import ChildSpec, Supervisor
 from storage import Database
 from storage.audit import DatabaseAuditStore
+from storage.orders import PgOrderStore
 from storage.trades import PgTradeStore
 
 __all__ = ["EngineHandle", "journal_path", "run_engine"]
@@ -66,6 +83,7 @@ class EngineHandle:
     audit: AuditSink
     supervisor: Supervisor
     refresh: trio.MemorySendChannel[RefreshPositions]
+    commands: trio.MemorySendChannel[RouterCommand]
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,6 +119,13 @@ async def run_engine(
         # A refresh request must not wait on a busy mirror; requests coalesce there anyway.
         refresh_send, refresh_recv = trio.open_memory_channel[RefreshPositions](16)
         link = _LifecycleLink()
+        # Intents wait here while the router works through a burst (many stops at once); a
+        # full buffer makes watchers wait, never drops an intent.
+        commands_send, commands_recv = trio.open_memory_channel[RouterCommand](256)
+        # The pool forwards at once (mailboxes never block); the buffer rides out its restart.
+        events_send, events_recv = trio.open_memory_channel[RouterEvent](256)
+        dry_run = config.engine.dry_run
+        order_broker = TradierBroker(rest, account_ws_url=broker.account_stream_url)
         with AuditSink(journal_path=journal_path(config)) as sink:
             audit_spec = ChildSpec(
                 "audit_writer",
@@ -123,7 +148,7 @@ async def run_engine(
                         "portfolio_mirror",
                         _mirror_child(
                             link,
-                            TradierBroker(rest),
+                            order_broker,
                             store,
                             refresh_recv,
                             sink,
@@ -134,7 +159,17 @@ async def run_engine(
                     ),
                     ChildSpec(
                         "watcher_pool",
-                        _pool_child(link, subscriptions_send, fanout, store, sink, clock, config),
+                        _pool_child(
+                            link,
+                            subscriptions_send,
+                            fanout,
+                            store,
+                            sink,
+                            clock,
+                            config,
+                            intents=None if dry_run else commands_send,
+                            router_events=events_recv,
+                        ),
                     ),
                 ],
                 name="tracking",
@@ -142,8 +177,24 @@ async def run_engine(
                 period=1.0,
                 on_event=_supervisor_event,
             )
+            children = [audit_spec, quotes_spec, ChildSpec("tracking", tracking.run)]
+            if not dry_run:
+                router = functools.partial(
+                    _router_child,
+                    commands_recv,
+                    events_send,
+                    refresh_send,
+                    order_broker,
+                    PgOrderStore(db),
+                    store,
+                    sink,
+                    account_id,
+                    clock,
+                    RouterSettings(time_scale=getattr(clock, "speed", 1.0)),
+                )
+                children.append(ChildSpec("order_router", router))
             root = Supervisor(
-                [audit_spec, quotes_spec, ChildSpec("tracking", tracking.run)],
+                children,
                 name="engine",
                 intensity=5,
                 period=60.0,
@@ -162,6 +213,7 @@ async def run_engine(
                 audit=sink,
                 supervisor=root,
                 refresh=refresh_send,
+                commands=commands_send,
             )
             # Escalations leave the nursery as an exception group: callers use except*.
             async with trio.open_nursery() as nursery:
@@ -191,6 +243,36 @@ class _LifecycleLink:
         if receive is None:
             raise RuntimeError("the watcher pool started before the portfolio mirror")
         return receive
+
+
+async def _router_child(
+    commands: trio.MemoryReceiveChannel[RouterCommand],
+    events: trio.MemorySendChannel[RouterEvent],
+    refresh: trio.MemorySendChannel[RefreshPositions],
+    broker: TradierBroker,
+    orders: PgOrderStore,
+    trades: PgTradeStore,
+    sink: AuditSink,
+    account_id: str,
+    clock: MarketClock,
+    settings: RouterSettings,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with commands.clone() as inbox, events.clone() as outbox, refresh.clone() as refreshes:
+        await order_router.run(
+            inbox=inbox,
+            events=outbox,
+            refresh=refreshes,
+            broker=broker,
+            orders=orders,
+            trades=trades,
+            audit=sink,
+            account_id=account_id,
+            clock=clock,
+            settings=settings,
+            task_status=task_status,
+        )
 
 
 def _mirror_child(
@@ -228,14 +310,20 @@ def _pool_child(
     sink: AuditSink,
     clock: MarketClock,
     config: Config,
+    *,
+    intents: trio.MemorySendChannel[RouterCommand] | None,
+    router_events: trio.MemoryReceiveChannel[RouterEvent],
 ) -> Callable[..., Awaitable[None]]:
-    settings = WatcherSettings(dry_run=True)  # the order side is not wired yet: decide, record
+    speed = getattr(clock, "speed", 1.0)  # market seconds per trio second
+    settings = WatcherSettings(
+        dry_run=intents is None, retry_after=config.engine.exit_retry_seconds / speed
+    )
 
     async def watch(trade: TradeSnapshot, mailbox: Any) -> None:
         await position_watcher.run(
             trade=trade,
             mailbox=mailbox,
-            intents=None,
+            intents=intents,
             audit=sink,
             store=store,
             market_clock=clock,
@@ -243,9 +331,10 @@ def _pool_child(
         )
 
     async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with link.take() as lifecycle, subscriptions.clone() as subs:
+        with link.take() as lifecycle, subscriptions.clone() as subs, router_events.clone() as oe:
             await watcher_pool.run(
                 lifecycle=lifecycle,
+                order_events=oe,
                 subscriptions=subs,
                 fanout=fanout,
                 runner=watch,

@@ -105,6 +105,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     adopt_imported: Literal["managed", "unmanaged", "ignore"] = "managed"
     positions_refresh_seconds: Seconds = 30.0
     phantom_confirmations: Annotated[int, msgspec.Meta(ge=1)] = 3
+    # After an exit order ends unfilled (cancelled, rejected, expired) or is declined, market
+    # seconds before the trade's watcher may decide to exit again.
+    exit_retry_seconds: Seconds = 30.0
 
 
 class LogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
