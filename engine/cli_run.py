@@ -1,20 +1,28 @@
-"""``spreadwatch run --dry-run``: the engine against the configured broker, until stopped.
+"""``spreadwatch run``: the engine against the configured broker, until stopped.
 
 The broker's REST and stream URLs, token and account come from the configuration (file,
-``SPREADWATCH_BROKER__*``, ``TRADIER_TOKEN``, ``TRADIER_ACCOUNT_ID``). The order side is not
-wired yet, so ``run`` insists on ``--dry-run``: it mirrors the account, watches every managed
-spread, and records every exit decision without sending an order. SIGINT or SIGTERM stops it
-cleanly (exit status 0); a supervisor escalation exits 1 with one line saying why.
+``SPREADWATCH_BROKER__*``, ``TRADIER_TOKEN``, ``TRADIER_ACCOUNT_ID``). It mirrors the account,
+watches every managed spread, and routes closing orders when an exit is decided; with
+``--dry-run`` (or ``SPREADWATCH_ENGINE__DRY_RUN=true``) it decides and records, and sends
+nothing. SIGINT or SIGTERM stops it (exit status 0); a supervisor escalation exits 1 with one
+line saying why.
+
+With ``broker.kind = "sim"`` (a ``spreadwatch sim`` on the other end) market time follows the
+simulator's clock (read once from its ``/sim/clock``), so the time and DTE rules see the
+scenario's day, not today.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import signal
 
+import httpx
 import trio
 
 from engine.cli_db import open_configured_database
+from engine.clock import MarketClock, TrioMarketClock
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.log import get_logger
@@ -27,9 +35,9 @@ _log = get_logger("engine")
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = subparsers.add_parser(
         "run",
-        help="run the engine against the configured broker (dry run for now)",
-        description="Mirror the broker account, watch every managed spread and record exit "
-        "decisions on every quote tick. Needs --dry-run until order routing lands.",
+        help="run the engine against the configured broker",
+        description="Mirror the broker account, watch every managed spread, evaluate the exit "
+        "rules on every quote tick and route closing orders (none with --dry-run).",
     )
     run.set_defaults(handler=_run)
 
@@ -39,17 +47,15 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
     from engine.supervisor import SupervisorEscalation
     from storage import apply_migrations
 
-    if not config.engine.dry_run:
-        raise ConfigError(
-            "engine.dry_run: order routing is not available yet; run with --dry-run "
-            "(or SPREADWATCH_ENGINE__DRY_RUN=true)"
-        )
+    market_clock = await _simulator_clock(config) if config.broker.kind == "sim" else None
     async with open_configured_database(config) as db:
         await apply_migrations(db)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(
-                    lambda task_status: run_engine(config, db=db, task_status=task_status)
+                    lambda task_status: run_engine(
+                        config, db=db, market_clock=market_clock, task_status=task_status
+                    )
                 )
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for signum in signals:
@@ -61,3 +67,18 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
             raise SystemExit(f"spreadwatch: error: the engine gave up: {reasons}") from None
     _log.info("engine.stopped")
     return 0
+
+
+async def _simulator_clock(config: Config) -> MarketClock:
+    """Market time that follows a simulator's clock (its ``/sim/clock``)."""
+    base = config.broker.rest_url.rstrip("/").removesuffix("/v1")
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            answer = (await client.get(f"{base}/sim/clock")).raise_for_status().json()
+        return TrioMarketClock(
+            dt.datetime.fromisoformat(answer["market_time"]), speed=float(answer["speed"])
+        )
+    except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"broker.kind = sim: cannot read the simulator's clock at {base}/sim/clock ({exc})"
+        ) from exc
