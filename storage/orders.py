@@ -27,10 +27,12 @@ from engine.brokers import BrokerOrder, BrokerOrderStatus
 from engine.domain import accounting
 from engine.domain.accounting import ExitFilled, LegFill, OrderProgress
 from engine.domain.orders import ExitOrder
+from engine.domain.spread import Leg
 from engine.domain.strategy import Strategy
 from engine.messages import ExitAction, OrderLegSide, OrderType
 from storage.database import Database, Executor, Row
 from storage.errors import IntegrityError
+from storage.trades import legs_at_quantity
 
 __all__ = ["AppliedRead", "PgOrderStore", "StoredOrder"]
 
@@ -70,6 +72,7 @@ class AppliedRead(msgspec.Struct, frozen=True, kw_only=True):
     trade_status: str
     realized_pnl: Decimal | None
     close_reason: str | None
+    trade_legs: tuple[Leg, ...]  # the trade's legs at ``trade_quantity`` (none when 0)
 
 
 def _stored(row: Row) -> StoredOrder:
@@ -370,6 +373,7 @@ async def _account_trade(
         trade_status=status,
         realized_pnl=pnl,
         close_reason=close_reason,
+        trade_legs=legs_at_quantity(trade["legs"], quantity) if quantity else (),
     )
 
 

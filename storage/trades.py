@@ -42,6 +42,7 @@ __all__ = [
     "PgTradeStore",
     "StoredTrade",
     "fired_tier_indices",
+    "legs_at_quantity",
     "legs_document",
 ]
 
@@ -100,6 +101,15 @@ def _ratio_legs(document: Sequence[Any]) -> tuple[Leg, ...]:
             quantity=int(item["quantity"]),
         )
         for item in document
+    )
+
+
+def legs_at_quantity(document: Sequence[Any], quantity: int) -> tuple[Leg, ...]:
+    """A ``trades.legs`` document's legs at ``quantity`` spreads (as a TradeSnapshot holds
+    them)."""
+    return tuple(
+        msgspec.structs.replace(leg, quantity=leg.quantity * quantity)
+        for leg in _ratio_legs(document)
     )
 
 
