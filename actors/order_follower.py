@@ -293,6 +293,9 @@ class Follower:
             )
         )
         await self.ctx.trading.acquire(self.priority)
+        if self.ctx.halted:  # halted while this order waited for its turn: it never leaves
+            await self.end_unsent("CANCELLED", "halted before it was sent")
+            return False
         try:
             with trio.fail_after(self.ctx.settings.submit_timeout):
                 broker_id = await self.ctx.broker.submit_order(

@@ -99,10 +99,13 @@ async def run(
     account_id: str,
     clock: MarketClock,
     settings: RouterSettings | None = None,
+    control: trio.MemoryReceiveChannel[Halt | Resume] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Route exits until cancelled. ``orders`` is a ``storage.orders.PgOrderStore``; ``audit``
-    an ``AuditSink`` (engine events)."""
+    an ``AuditSink`` (engine events). ``control`` carries the operator's Halt and Resume on a
+    channel of their own, served by a task of its own: a halt never waits behind a queue of
+    intents."""
     settings = settings or RouterSettings()
     async with trio.open_nursery() as nursery:
         ctx = FollowerContext(
@@ -121,6 +124,8 @@ async def run(
             await router.reconcile()
             nursery.start_soon(router.follow_stream)
             nursery.start_soon(router.poll_and_reconcile)
+            if control is not None:
+                nursery.start_soon(router.serve_control, control)
             task_status.started()
             async for command in inbox:
                 await router.on_command(command)
@@ -140,6 +145,11 @@ class _Router:
         self._positions: tuple[float, list[BrokerPosition]] | None = None
 
     # -- commands ---------------------------------------------------------------------------
+
+    async def serve_control(self, control: trio.MemoryReceiveChannel[Halt | Resume]) -> None:
+        with control:
+            async for command in control:
+                await self.on_command(command)
 
     async def on_command(self, command: RouterCommand) -> None:
         match command:

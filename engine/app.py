@@ -11,8 +11,9 @@ Tree (started in this order, stopped in reverse; DESIGN section 2)::
     ├── tracking (escalates on any crash, so the root restarts both together)
     │   ├── portfolio_mirror  broker positions -> trades -> spread lifecycle
     │   └── watcher_pool      one PositionWatcher per managed open spread
-    └── order_router          exit intents -> closing orders -> fills -> trade accounting
-                              (not started in dry run: nothing is sent, nothing re-priced)
+    ├── order_router          exit intents -> closing orders -> fills -> trade accounting
+    │                         (not started in dry run: nothing is sent, nothing re-priced)
+    └── control_listener      the operator's halt / resume / close, through the database
 
 The mirror and the pool restart together because the pool's watchers exist only as the mirror
 announced them: a lone pool restart would leave the spreads unwatched until the next change,
@@ -37,6 +38,7 @@ import trio
 
 from actors import (
     audit_writer,
+    control_listener,
     order_router,
     portfolio_mirror,
     position_watcher,
@@ -55,7 +57,11 @@ from engine.config import Config
 from engine.errors import ConfigError
 from engine.log import Level, get_logger
 from engine.messages import (
+    CloseTradeNow,
+    ControlCommand,
+    Halt,
     RefreshPositions,
+    Resume,
     RouterCommand,
     RouterEvent,
     SpreadLifecycle,
@@ -124,6 +130,9 @@ async def run_engine(
         commands_send, commands_recv = trio.open_memory_channel[RouterCommand](256)
         # The pool forwards at once (mailboxes never block); the buffer rides out its restart.
         events_send, events_recv = trio.open_memory_channel[RouterEvent](256)
+        # The operator's switches: halt/resume straight to the router, closes to the watchers.
+        halts_send, halts_recv = trio.open_memory_channel[Halt | Resume](16)
+        closes_send, closes_recv = trio.open_memory_channel[CloseTradeNow](64)
         dry_run = config.engine.dry_run
         order_broker = TradierBroker(rest, account_ws_url=broker.account_stream_url)
         with AuditSink(journal_path=journal_path(config)) as sink:
@@ -169,6 +178,7 @@ async def run_engine(
                             config,
                             intents=None if dry_run else commands_send,
                             router_events=events_recv,
+                            closes=closes_recv,
                         ),
                     ),
                 ],
@@ -191,8 +201,17 @@ async def run_engine(
                     account_id,
                     clock,
                     RouterSettings(time_scale=getattr(clock, "speed", 1.0)),
+                    halts_recv,
                 )
                 children.append(ChildSpec("order_router", router))
+            children.append(
+                ChildSpec(
+                    "control_listener",
+                    functools.partial(
+                        _control_child, db, account_id, halts_send, closes_send, dry_run=dry_run
+                    ),
+                )
+            )
             root = Supervisor(
                 children,
                 name="engine",
@@ -256,10 +275,16 @@ async def _router_child(
     account_id: str,
     clock: MarketClock,
     settings: RouterSettings,
+    halts: trio.MemoryReceiveChannel[Halt | Resume],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    with commands.clone() as inbox, events.clone() as outbox, refresh.clone() as refreshes:
+    with (
+        commands.clone() as inbox,
+        events.clone() as outbox,
+        refresh.clone() as refreshes,
+        halts.clone() as control,
+    ):
         await order_router.run(
             inbox=inbox,
             events=outbox,
@@ -271,7 +296,37 @@ async def _router_child(
             account_id=account_id,
             clock=clock,
             settings=settings,
+            control=control,
             task_status=task_status,
+        )
+
+
+async def _control_child(
+    db: Database,
+    account_id: str,
+    halts: trio.MemorySendChannel[Halt | Resume],
+    closes: trio.MemorySendChannel[CloseTradeNow],
+    *,
+    dry_run: bool,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    send, receive = trio.open_memory_channel[ControlCommand](0)
+
+    async def dispatch() -> None:
+        with receive, halts.clone() as to_router, closes.clone() as to_watchers:
+            async for command in receive:
+                match command:
+                    case Halt() | Resume() if not dry_run:
+                        await to_router.send(command)
+                    case CloseTradeNow():
+                        await to_watchers.send(command)
+                    case _:
+                        _log.info("engine.control_ignored", command=type(command).__name__)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dispatch)
+        await control_listener.run(
+            db=db, account_id=account_id, outbox=send, task_status=task_status
         )
 
 
@@ -313,6 +368,7 @@ def _pool_child(
     *,
     intents: trio.MemorySendChannel[RouterCommand] | None,
     router_events: trio.MemoryReceiveChannel[RouterEvent],
+    closes: trio.MemoryReceiveChannel[CloseTradeNow],
 ) -> Callable[..., Awaitable[None]]:
     speed = getattr(clock, "speed", 1.0)  # market seconds per trio second
     settings = WatcherSettings(
@@ -331,10 +387,16 @@ def _pool_child(
         )
 
     async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with link.take() as lifecycle, subscriptions.clone() as subs, router_events.clone() as oe:
+        with (
+            link.take() as lifecycle,
+            subscriptions.clone() as subs,
+            router_events.clone() as oe,
+            closes.clone() as operator,
+        ):
             await watcher_pool.run(
                 lifecycle=lifecycle,
                 order_events=oe,
+                commands=operator,
                 subscriptions=subs,
                 fanout=fanout,
                 runner=watch,
