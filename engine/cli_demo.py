@@ -3,11 +3,12 @@
 Runs the engine against the simulator with a bundled scenario (a SPY bull put credit spread
 during a sell-off, with a dropped market socket and a stale quote along the way), on a fresh
 embedded PostgreSQL, and prints what happens in plain lines: the market as the engine sees it,
-the spread's mark and P&L, the feed, and every exit decision with its rule. The engine's own
-JSON logs are kept to errors here (``--log-level info`` shows them all).
+the feed, every exit decision with its rule, every closing order the simulator received (its
+limit walked toward the natural price, its fills), and each trade's end with its realized P&L.
+The engine's own JSON logs are kept to errors here (``--log-level info`` shows them all).
 
-The order side is not wired yet, so the demo runs in dry run: exits are decided and recorded,
-no order is sent.
+The engine trades the simulator's paper account for real (orders are sent); with ``--dry-run``
+it decides and records, and sends nothing.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ DEMO_SPEED = 40.0  # market seconds per real second: the scenario's 30 minutes i
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = subparsers.add_parser(
         "demo",
-        help="run the engine against the simulator with a bundled scenario (dry run)",
+        help="run the engine against the simulator with a bundled scenario",
         description="Start the simulator with a bundled scenario and the engine against it on "
-        "a fresh embedded database; show the spread being watched and the exit decisions.",
+        "a fresh embedded database; show the spread being watched, the exit decided, the "
+        "closing order placed, re-priced and filled, and the trade closed with its P&L.",
     )
     demo.add_argument("--scenario", default=None, metavar="FILE", help="another scenario file")
     demo.add_argument("--speed", type=float, default=DEMO_SPEED, help="market seconds per second")
@@ -54,13 +56,15 @@ async def _demo(args: argparse.Namespace, config: Config) -> int:
         with importlib.resources.as_file(bundled) as path:
             scenario = load_scenario(pathlib.Path(path))
     scenario = msgspec.structs.replace(scenario, speed=args.speed)
+    dry_run = config.engine.dry_run
+    mode = "engine in dry run (no order sent)" if dry_run else "engine trading the paper account"
     _say(f"spreadwatch demo: scenario {scenario.name!r}: {scenario.description}")
     _say(
-        f"  simulator on loopback, engine in dry run, fresh embedded PostgreSQL; "
+        f"  simulator on loopback, {mode}, fresh embedded PostgreSQL; "
         f"{scenario.duration} of market time at {args.speed:g}x"
     )
-    report = await run_with_engine(scenario, config, dry_run=True, progress=_progress)
-    _summary(report)
+    report = await run_with_engine(scenario, config, dry_run=dry_run, progress=_progress)
+    _summary(report, dry_run=dry_run)
     return 0
 
 
@@ -83,20 +87,34 @@ def _progress(sim: Any, engine: Any) -> None:
     _say("  " + " | ".join(parts))
 
 
-def _summary(report: dict[str, Any]) -> None:
+def _summary(report: dict[str, Any], *, dry_run: bool) -> None:
     decisions = report.get("decision_list", [])
     _say(f"exit decisions: {report['decisions']}")
     for d in decisions:
         _say(
             f"  trade {d['trade_id']}: {d['kind']} by {d['rule']} at {d['at']}"
             f" (rules fired: {', '.join(d['rules_fired'])}; quantity {d['exit_quantity']};"
-            f" dry run)"
+            f" {'dry run' if d['dry_run'] else 'sent to the router'})"
+        )
+    orders = report["orders"]
+    _say(f"orders sent: {len(orders)}" + (" (dry run: none expected)" if dry_run else ""))
+    for order in orders:
+        legs = ", ".join(
+            f"{leg['side']} {leg['quantity']} {leg['option_symbol']}" for leg in order["legs"]
+        )
+        walk = [str(m["price"]) for m in order["modifications"]]
+        repriced = f"re-priced {' -> '.join(walk)}" if walk else f"limit {order['price']}"
+        fills = "; ".join(f"{f['quantity']} at {f['price']}" for f in order["fills"]) or "none"
+        _say(
+            f"  order {order['id']} {order['class']} {order['type']} ({legs}), tag {order['tag']}:"
+            f" {repriced}; filled {fills}; {order['status']}"
         )
     for trade in report["trades"]:
         pnl = trade["realized_pnl"]
+        reason = f" by {trade['close_reason']}" if trade["close_reason"] else ""
         _say(
             f"trade {trade['id']}: {trade['strategy']} x{trade['quantity']} {trade['status']}"
-            + (f" realized {Decimal(pnl):.2f}" if pnl is not None else "")
+            + reason
+            + (f", realized P&L {Decimal(pnl):.2f} dollars" if pnl is not None else "")
         )
-    _say(f"orders sent: {len(report['orders'])} (dry run: none expected)")
     sys.stdout.flush()

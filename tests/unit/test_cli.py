@@ -221,16 +221,34 @@ def test_db_migrate_twice_then_status_reports_everything_applied(private_dir: Pa
 @pytest.mark.storage
 @pytest.mark.system
 def test_demo_runs_the_engine_against_the_simulator_and_decides_the_stop(tmp_path: Path) -> None:
-    # The bundled scenario drives SPY toward the short strike: the engine must watch the spread
-    # and decide the stop (dry run: no order reaches the simulator).
-    result = _spreadwatch("demo", "--speed", "150", cwd=tmp_path, timeout=120)
+    # The bundled scenario drives SPY toward the short strike: the engine must watch the spread,
+    # decide the stop, send a closing debit order tagged with its client order id, and close the
+    # trade from the fills with a realized loss.
+    result = _spreadwatch("demo", "--speed", "100", cwd=tmp_path, timeout=150)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "spreadwatch demo: scenario 'credit-spread-stop'" in out
     assert re.search(r"SPY251219P00650000 \d+\.\d+x\d+\.\d+", out), out  # quotes reached it
-    assert "exit decisions: 1" in out
+    assert re.search(r"trade T1: EXIT by stop_loss at .*sent to the router", out), out
+    assert re.search(
+        r"order \d+ multileg debit \(.*buy_to_close 2 SPY251219P00650000.*tag sw-1-", out
+    )
+    assert re.search(r"filled \d+ at \d+\.\d+.*; filled$", out, re.M), out
+    assert re.search(
+        r"trade T1: bull_put_credit x0 CLOSED by STOP_LOSS, realized P&L -\d+\.\d\d", out
+    )
+
+
+@pytest.mark.storage
+@pytest.mark.system
+def test_demo_in_dry_run_sends_nothing(tmp_path: Path) -> None:
+    result = _spreadwatch("--dry-run", "demo", "--speed", "150", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "engine in dry run" in out
     assert re.search(r"trade T1: EXIT by stop_loss at .*dry run", out), out
-    assert "orders sent: 0" in out
+    assert "orders sent: 0 (dry run: none expected)" in out
+    assert "trade T1: bull_put_credit x2 OPEN" in out
 
 
 @pytest.mark.storage
