@@ -107,19 +107,19 @@ def changed_at(state: HaltState) -> dt.datetime:
 
 
 async def held_by_a_taker(db: Database) -> None:
-    """Wait until a pending request is locked by a taker's open transaction."""
+    """Wait until a taker's transaction has taken the pending request and is waiting (idle in
+    its transaction) to hand it on. Read from pg_stat_activity: a probe that locked the row
+    would make the taker skip it."""
     with trio.fail_after(5):
         while True:
-            row = await db.fetchrow(
+            holders = await db.fetchval(
                 """
-                SELECT (SELECT count(*) FROM control_requests WHERE consumed_at IS NULL),
-                       (SELECT count(*) FROM (SELECT 1 FROM control_requests
-                                              WHERE consumed_at IS NULL
-                                              FOR UPDATE SKIP LOCKED) AS unlocked)
+                SELECT count(*) FROM pg_stat_activity
+                WHERE datname = current_database() AND state = 'idle in transaction'
+                  AND query LIKE '%UPDATE control_requests SET consumed_at%'
                 """
             )
-            assert row is not None
-            if tuple(row.values()) == (1, 0):  # one pending, none free to take
+            if holders == 1:
                 return
             await trio.sleep(0.01)
 
