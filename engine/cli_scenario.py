@@ -2,8 +2,8 @@
 
 Starts the simulator for the scenario, the engine against it on a fresh embedded database,
 seeds the scenario's trades, runs until the scenario's duration has passed in market time and
-writes the report (its shape is a contract: see ``sim/README.md``). The order side is not wired
-yet, so the engine runs in dry run: it decides and records exits, and sends no order.
+writes the report (its shape is a contract: see ``sim/README.md``). The engine sends its exits
+to the simulator as orders; with ``--dry-run`` it decides and records them and sends nothing.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
     scenario = load_scenario(args.file)
     if args.speed is not None:
         scenario = msgspec.structs.replace(scenario, speed=args.speed)
-    report = await run_with_engine(scenario, config, dry_run=True)
+    report = await run_with_engine(scenario, config, dry_run=config.engine.dry_run)
     write_report(report, args.report)
     print(
         f"scenario {scenario.name}: {len(report['orders'])} orders, "

@@ -109,7 +109,7 @@ async def test_scenario_run_command_writes_the_contract_report(tmp_path: pathlib
     out = tmp_path / "report.json"
     # Only the defaults: no config file or database named by the caller's environment.
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPREADWATCH_")}
-    command = [sys.executable, "-m", "engine.cli", "scenario", "run", str(STOP)]
+    command = [sys.executable, "-m", "engine.cli", "--dry-run", "scenario", "run", str(STOP)]
     with trio.fail_after(RUN_BUDGET):
         done = await trio.run_process(
             [*command, "--report", str(out)],
