@@ -105,6 +105,9 @@ class _Pool:
         self._max_restarts = max_restarts
         self._watches: dict[int, _Watch] = {}
         self._event_seq = itertools.count()
+        # An operator's close for a trade not watched yet (asked while the engine was down, read
+        # at start before the mirror announced the trade): kept until its watcher starts.
+        self._pending_closes: dict[int, CloseTradeNow] = {}
         self.started = self.stopped = self.crashes = 0
 
     @property
@@ -128,6 +131,10 @@ class _Pool:
 
     def _deliver(self, trade_id: int, event: WatcherEvent) -> None:
         watch = self._watches.get(trade_id)
+        if watch is None and isinstance(event, CloseTradeNow):
+            self._pending_closes[trade_id] = event
+            _log.info("watcher_pool.close_pending", trade_id=trade_id)
+            return
         if watch is None:
             _log.debug("watcher_pool.undeliverable", trade_id=trade_id, kind=type(event).__name__)
             return
@@ -141,6 +148,9 @@ class _Pool:
         self._watches[trade.trade_id] = watch
         symbols = frozenset(leg.occ for leg in trade.legs) | {trade.underlying}
         await self._subscriptions.send(WantSymbols(owner=owner, symbols=symbols))
+        pending = self._pending_closes.pop(trade.trade_id, None)
+        if pending is not None:
+            self._deliver(trade.trade_id, pending)
         self._nursery.start_soon(self._supervise, watch, name=f"watcher:{trade.trade_id}")
         self.started += 1
         _log.info("watcher_pool.watching", trade_id=trade.trade_id, strategy=trade.strategy)

@@ -14,7 +14,11 @@ from engine.conflate import ConflatingMailbox
 from engine.domain.spread import Leg
 from engine.domain.strategy import Strategy
 from engine.messages import (
+    CloseReason,
+    CloseTradeNow,
+    OrderFilled,
     ReleaseSymbols,
+    RouterEvent,
     SpreadClosed,
     SpreadLifecycle,
     SpreadOpened,
@@ -168,3 +172,61 @@ async def test_a_fatal_watcher_error_is_not_retried(autojump_clock: trio.abc.Clo
         await trio.sleep(600)
         nursery.cancel_scope.cancel()
     assert starts == [1]
+
+
+async def test_router_events_reach_the_watcher_and_a_close_waits_for_its_trade(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    lifecycle_send, lifecycle = trio.open_memory_channel[SpreadLifecycle](0)
+    subs_send, _subs = trio.open_memory_channel[SubscriptionCommand](10)
+    events_send, events = trio.open_memory_channel[RouterEvent](10)
+    closes_send, closes = trio.open_memory_channel[CloseTradeNow](10)
+    seen: dict[int, list[object]] = {}
+    running: set[int] = set()
+
+    async def runner(trade: TradeSnapshot, mailbox: ConflatingMailbox[str, Any]) -> None:
+        running.add(trade.trade_id)
+        try:
+            while True:
+                batch = await mailbox.get_batch()
+                seen.setdefault(trade.trade_id, []).extend(batch.values())
+        finally:
+            running.discard(trade.trade_id)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: watcher_pool.run(
+                lifecycle=lifecycle,
+                order_events=events,
+                commands=closes,
+                subscriptions=subs_send,
+                fanout=_Mailboxes(),
+                runner=runner,
+                task_status=task_status,
+            )
+        )
+        # A close asked before the trade is announced is kept, then delivered to its watcher.
+        close = CloseTradeNow(trade_id=7, reason="operator", requested_at=NOW)
+        await closes_send.send(close)
+        await trio.testing.wait_all_tasks_blocked()
+        await lifecycle_send.send(SpreadOpened(trade=_trade(7)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen[7] == [close]
+        # The router's accounting reaches the watcher in order, and its SpreadClosed stops it.
+        filled = OrderFilled(
+            client_order_id="sw-7-a-1",
+            broker_order_id="1",
+            trade_id=7,
+            filled_quantity=1,
+            avg_fill_price=Decimal("1.00"),
+            at=NOW,
+        )
+        closed = SpreadClosed(
+            trade_id=7, reason=CloseReason.MANUAL, realized_pnl_dollars=Decimal("50"), at=NOW
+        )
+        await events_send.send(closed)
+        await events_send.send(filled)
+        await trio.testing.wait_all_tasks_blocked()
+        assert running == set()
+        assert seen[7] == [close, closed]
+        nursery.cancel_scope.cancel()
