@@ -49,6 +49,8 @@ from actors.audit_writer import AuditSink
 from actors.order_follower import RouterSettings
 from actors.position_watcher import WatcherSettings
 from actors.quote_stream import QuoteFanout, QuoteStreamConfig
+from engine.brokers import OrderBroker
+from engine.brokers.paper import PaperBroker
 from engine.brokers.tradier.broker import TradierBroker
 from engine.brokers.tradier.rest import TradierRest
 from engine.brokers.tradier.stream import open_market_socket
@@ -67,6 +69,7 @@ from engine.messages import (
     SpreadLifecycle,
     SubscriptionCommand,
     TradeSnapshot,
+    WantSymbols,
 )
 from engine.supervisor import ChildSpec, Supervisor
 from storage import Database
@@ -134,7 +137,16 @@ async def run_engine(
         halts_send, halts_recv = trio.open_memory_channel[Halt | Resume](16)
         closes_send, closes_recv = trio.open_memory_channel[CloseTradeNow](64)
         dry_run = config.engine.dry_run
-        order_broker = TradierBroker(rest, account_ws_url=broker.account_stream_url)
+        tradier = TradierBroker(rest, account_ws_url=broker.account_stream_url)
+        order_broker: OrderBroker = tradier
+        paper: PaperBroker | None = None
+        if broker.kind == "paper":
+            # Paper trading: quotes (and the starting positions, read once) come from the
+            # configured broker; orders, fills and positions from then on are the paper book's.
+            paper = PaperBroker(
+                account_id=account_id, positions=await tradier.get_positions(), clock=clock.now
+            )
+            order_broker = paper
         with AuditSink(journal_path=journal_path(config)) as sink:
             audit_spec = ChildSpec(
                 "audit_writer",
@@ -187,7 +199,15 @@ async def run_engine(
                 period=1.0,
                 on_event=_supervisor_event,
             )
-            children = [audit_spec, quotes_spec, ChildSpec("tracking", tracking.run)]
+            children = [audit_spec, quotes_spec]
+            if paper is not None:
+                children.append(
+                    ChildSpec(
+                        "paper_broker",
+                        functools.partial(_paper_child, paper, fanout, subscriptions_send),
+                    )
+                )
+            children.append(ChildSpec("tracking", tracking.run))
             if not dry_run:
                 router = functools.partial(
                     _router_child,
@@ -264,11 +284,33 @@ class _LifecycleLink:
         return receive
 
 
+async def _paper_child(
+    paper: PaperBroker,
+    fanout: QuoteFanout,
+    subscriptions: trio.MemorySendChannel[SubscriptionCommand],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Feed the paper book the quotes of its working orders' legs."""
+    owner = "paper-broker"
+
+    async def follow_symbols(subs: trio.MemorySendChannel[SubscriptionCommand]) -> None:
+        while True:
+            changed = paper.symbols_changed()  # taken before reading: no change is missed
+            await subs.send(WantSymbols(owner=owner, symbols=paper.wanted_symbols()))
+            await changed.wait()
+
+    with subscriptions.clone() as subs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow_symbols, subs)
+            await paper.run(fanout.mailbox(owner), task_status=task_status)
+
+
 async def _router_child(
     commands: trio.MemoryReceiveChannel[RouterCommand],
     events: trio.MemorySendChannel[RouterEvent],
     refresh: trio.MemorySendChannel[RefreshPositions],
-    broker: TradierBroker,
+    broker: OrderBroker,
     orders: PgOrderStore,
     trades: PgTradeStore,
     sink: AuditSink,
@@ -332,7 +374,7 @@ async def _control_child(
 
 def _mirror_child(
     link: _LifecycleLink,
-    broker: TradierBroker,
+    broker: OrderBroker,
     store: PgTradeStore,
     refresh: trio.MemoryReceiveChannel[RefreshPositions],
     sink: AuditSink,

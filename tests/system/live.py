@@ -85,10 +85,15 @@ def load(name: str, **changes: Any) -> Scenario:
 
 @asynccontextmanager
 async def live_engine(
-    scenario: Scenario, *, data_dir: pathlib.Path | None = None, **engine: Any
+    scenario: Scenario,
+    *,
+    data_dir: pathlib.Path | None = None,
+    broker_kind: str = "sim",
+    **engine: Any,
 ) -> AsyncIterator[Live]:
     """Run ``scenario`` with the engine sending orders (see the module docstring).
-    ``engine`` overrides ``[engine]`` config keys (e.g. ``exit_retry_seconds=5``)."""
+    ``engine`` overrides ``[engine]`` config keys (e.g. ``exit_retry_seconds=5``);
+    ``broker_kind="paper"`` trades a paper book fed by the simulator's quotes instead."""
     with tempfile.TemporaryDirectory(prefix="spreadwatch-live-") as tmp:
         config = load_config(environ={})
         database = msgspec.structs.replace(
@@ -108,6 +113,10 @@ async def live_engine(
                 trade_ids = await seed_trades(db, scenario, opened_at=sim.clock.now())
                 clock = TrioMarketClock(sim.clock.now(), speed=scenario.speed)
                 engine_config = engine_config_for(config, sim, dry_run=False)
+                engine_config = msgspec.structs.replace(
+                    engine_config,
+                    broker=msgspec.structs.replace(engine_config.broker, kind=broker_kind),
+                )
                 async with trio.open_nursery() as engine_nursery:
                     handle: EngineHandle = await engine_nursery.start(
                         lambda task_status: run_engine(

@@ -68,3 +68,26 @@ async def test_a_stop_becomes_one_debit_order_walked_and_filled() -> None:
     assert not any(
         h.quantity for h in live.sim.broker.holdings.values() if h.symbol.startswith("SPY2512")
     )
+
+
+async def test_paper_trading_fills_against_the_live_quotes_and_sends_nothing() -> None:
+    # broker.kind = paper: the simulator is only the quote source (and the starting positions);
+    # the paper book takes the order and fills it by the same rules against those quotes.
+    with trio.fail_after(BUDGET):
+        async with live_engine(load("live_stop.toml"), broker_kind="paper") as live:
+            (trade_id,) = live.trade_ids
+
+            async def closed() -> bool:
+                row = await live.trade(trade_id)
+                return row["status"] == "CLOSED"
+
+            await wait_for(closed, timeout=60, what="the paper trade to close")
+            trade = await live.trade(trade_id)
+            (db_order,) = await live.orders(trade_id)
+
+    assert sim_orders(live.sim) == []  # nothing reached the real (simulated) broker
+    assert db_order["status"] == "FILLED" and db_order["broker_order_id"].startswith("paper-")
+    assert trade["close_reason"] == "STOP_LOSS"
+    assert trade["realized_pnl"] == (Decimal("1.30") - db_order["avg_fill_price"]) * 2 * 100
+    # The simulator's account still holds the spread: only the paper book closed it.
+    assert live.sim.broker.holdings["SPY251219P00670000"].quantity == -2
