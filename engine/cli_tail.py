@@ -200,16 +200,16 @@ async def _read_file(
         chunk = file.read()
         if chunk:
             printer.feed(chunk)
-            await trio.lowlevel.checkpoint()  # a big file must not hold off Ctrl-C
-            continue
-        if not follow:
+        elif not follow:
             return
-        leftover = file.reopen_if_rotated()
-        if leftover is None:
-            await trio.sleep(interval)
-            continue
-        printer.feed(leftover)
-        printer.finish()  # a line cut short by the rotation is shown as it is
+        else:
+            leftover = file.reopen_if_rotated()
+            if leftover is None:
+                await trio.sleep(interval)
+                continue
+            printer.feed(leftover)
+            printer.finish()  # a line cut short by the rotation is shown as it is
+        await trio.lowlevel.checkpoint()  # a big file must not hold off Ctrl-C
 
 
 class _FollowedFile:
