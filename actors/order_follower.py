@@ -322,7 +322,9 @@ class Follower:
 
     async def _accepted(self, broker_id: str) -> None:
         await self.ctx.orders.mark_accepted(self.order.order_id, broker_id)
-        self.order = msgspec.structs.replace(self.order, broker_order_id=broker_id)
+        # As mark_accepted did in the database: working, so the ladder walks before any read.
+        status = "PENDING" if self.order.status in ("NEW", "SUBMITTED") else self.order.status
+        self.order = msgspec.structs.replace(self.order, broker_order_id=broker_id, status=status)
         self.ctx.followers_by_broker[broker_id] = self
         self._next_step_at = trio.current_time() + self.step if self.ladder else float("inf")
         self.log.info("order_router.accepted", broker_order_id=broker_id)

@@ -296,7 +296,7 @@ class TradierRest:
 
     def _check(self, response: httpx.Response, *, what: str, order_call: bool) -> bytes:
         status, body = response.status_code, response.content
-        if status == 401 or (status >= 400 and b'"fault"' in body):
+        if status == 401 or (400 <= status < 500 and status != 429 and b'"fault"' in body):
             raise AuthFailed(f"{what}: Tradier refused the token: {_fault_text(body)}")
         if status == 429:
             expiry = _int_header(response.headers, "X-Ratelimit-Expiry")
