@@ -252,12 +252,13 @@ class Follower:
 
     async def _next_read(self) -> BrokerOrder | None:
         if self._offered is None and not self._read_now:
-            deadline = min(
-                self._next_step_at, trio.current_time() + self.ctx.settings.follow_seconds
-            )
+            # Wake for the next rung only when one can be taken now (not halted, working):
+            # a deadline already passed that cannot be acted on would spin this loop.
+            step_at = self._next_step_at if self._may_step() else float("inf")
+            deadline = min(step_at, trio.current_time() + self.ctx.settings.follow_seconds)
             with trio.move_on_at(deadline) as waited:
                 await self._wake.wait()
-            if waited.cancelled_caught and trio.current_time() < self._next_step_at:
+            if waited.cancelled_caught and trio.current_time() < step_at:
                 self._read_now = True  # nothing heard for a while: read it ourselves
         self._wake = trio.Event()
         offered, self._offered = self._offered, None
@@ -481,15 +482,19 @@ class Follower:
                     at=now,
                 )
 
+    def _may_step(self) -> bool:
+        order = self.order
+        return (
+            not self.ctx.halted
+            and bool(self.ladder)
+            and order.status in _WORKING
+            and order.broker_order_id is not None
+        )
+
     async def _maybe_reprice(self) -> None:
         order = self.order
-        if (
-            self.ctx.halted
-            or not self.ladder
-            or order.status not in _WORKING
-            or order.broker_order_id is None
-            or trio.current_time() < self._next_step_at
-        ):
+        broker_id = order.broker_order_id
+        if not self._may_step() or broker_id is None or trio.current_time() < self._next_step_at:
             return
         if self.rung + 1 >= len(self.ladder):
             # The cap was reached a step ago and the market moved on: a limit left behind the
@@ -503,7 +508,7 @@ class Follower:
         self._next_step_at = trio.current_time() + self.step
         try:
             with trio.fail_after(self.ctx.settings.submit_timeout):
-                await self.ctx.broker.modify_price(order.broker_order_id, price)
+                await self.ctx.broker.modify_price(broker_id, price)
         except OrderAlreadyFinal as exc:
             self.log.info("order_router.reprice_too_late", state=exc.state)
             self.poke()
@@ -531,7 +536,7 @@ class Follower:
         await self._emit(
             OrderRepriced(
                 client_order_id=order.client_order_id,
-                broker_order_id=order.broker_order_id,
+                broker_order_id=broker_id,
                 trade_id=order.trade_id,
                 previous_price=previous,
                 limit_price=price,
