@@ -14,6 +14,10 @@ received (``sim_orders``) and on the engine's database:
   intents declined) and resume releases the exit; an operator's close sends one MANUAL order
   for a trade no rule would exit.
 
+Two known engine gaps are strict xfails (they fail today, and turn into failures the day they
+are fixed, so the marker comes off): the same burst against Tradier's *sandbox* limits draws
+429s, and a close requested while halted is lost instead of going out on resume.
+
 What the simulator answered is seen at its ASGI boundary (:class:`Wire`, wrapped around the app
 ``serve_simulator`` builds): it counts answers by status, and can hold back the answer to an
 order placement (the order is placed, the engine does not hear so) until the test lets it go.
@@ -397,10 +401,32 @@ def rate_usage(answers: list[Answer]) -> dict[str, tuple[int, int, int | None]]:
     return usage
 
 
-async def test_a_burst_of_thirty_stops_stays_within_the_rate_limits(wire: Wire) -> None:
-    """Thirty spreads stopped by one fast fall, against Tradier's live rate limits: the broker
-    never answers 429, every trade gets exactly one order, and every order fills."""
+@pytest.mark.parametrize(
+    "limits",
+    [
+        "live",
+        pytest.param(
+            "sandbox",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="engine gap: the router's buckets are Tradier live's (standard 120/min, "
+                "RouterSettings in actors/order_follower.py, not configurable from engine/app.py) "
+                "and the mirror's reads are outside them; sandbox allows 60 standard/min, and "
+                "the burst's order reads draw ~20 answers 429",
+            ),
+        ),
+    ],
+)
+async def test_a_burst_of_thirty_stops_stays_within_the_rate_limits(
+    wire: Wire, limits: str
+) -> None:
+    """Thirty spreads stopped by one fast gap, against Tradier's rate limits (live: 120/120/60
+    per minute; sandbox: 60/60/60): the broker never answers 429, every trade gets exactly one
+    order, and every order fills."""
     scenario = load("live_b_burst.toml")
+    scenario = msgspec.structs.replace(
+        scenario, broker=msgspec.structs.replace(scenario.broker, rate_limits=limits)
+    )
     with trio.fail_after(BUDGET):
         async with live_engine(scenario) as live:
             trade_ids = live.trade_ids
@@ -433,10 +459,15 @@ async def test_a_burst_of_thirty_stops_stays_within_the_rate_limits(wire: Wire) 
     assert not refused, f"{len(refused)} answers were 429: {refused[:5]}"
     # The burst pressed the trading limit: more requests than one window allows, and more in
     # one window than the engine's bucket lets go at once (half the limit), so its pacing is
-    # what kept the broker from refusing. Every trading request was a placement or a re-price.
+    # what kept the broker from refusing. Every trading request was a placement or a re-price
+    # (a re-price may race its order's fill and be refused as final): nothing was cancelled.
     total, peak, allowed = usage["trading"]
     assert allowed == 60 and total > allowed and peak > allowed // 2, usage
-    assert total == len(orders) + sum(len(o.modifications) for o in orders), usage
+    trading = [a for a in answers if rate_group(a) == "trading"]
+    assert {a.method for a in trading} == {"POST", "PUT"}, {a.method for a in trading}
+    assert sum(a.method == "POST" for a in trading) == len(orders)
+    repriced = sum(a.method == "PUT" and a.status == 200 for a in trading)
+    assert repriced == sum(len(o.modifications) for o in orders)
     by_trade: dict[int, list[Any]] = {}
     for order in orders:
         assert order.tag is not None and order.tag.startswith("sw-"), order.tag
