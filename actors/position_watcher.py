@@ -124,6 +124,7 @@ class _Watch:
         self.last_snapshot_at = float("-inf")
         self.last_guard: tuple[tuple[str, ...], float] | None = None
         self.manual_exit_requested = False
+        self.exit_is_manual = False  # the exit in flight was the operator's close
         self.closed = False
 
     def facts(self) -> PositionFacts:
@@ -157,11 +158,15 @@ async def run(
     log = _log.bind(trade_id=trade.trade_id)
     task_status.started()
     while not watch.closed:
-        try:
-            batch = await mailbox.get_batch()
-        except trio.EndOfChannel:
-            return
-        ticked = False
+        # A retry period ending is a reason to look again even if no quote moves.
+        wake_at = watch.retry_not_before if watch.retry_not_before > trio.current_time() else None
+        batch = {}
+        with trio.move_on_at(wake_at if wake_at is not None else float("inf")) as waited:
+            try:
+                batch = await mailbox.get_batch()
+            except trio.EndOfChannel:
+                return
+        ticked = waited.cancelled_caught and bool(watch.quotes)
         for item in batch.values():
             ticked |= _apply(watch, item, log, settings.retry_after)
         if watch.closed:
@@ -196,11 +201,15 @@ def _apply(watch: _Watch, item: object, log: Any, retry_after: float) -> bool:
         case OrderFilled():
             if watch.exit_in_flight is not None:
                 watch.exit_in_flight = None
+                watch.exit_is_manual = False
         case OrderCanceled() | OrderRejected() | OrderExpired() | ExitIntentDeclined() if (
             watch.exit_in_flight is not None
         ):
             watch.exit_in_flight = None
             watch.retry_not_before = trio.current_time() + retry_after
+            if watch.exit_is_manual:  # the operator's close stands until it is done
+                watch.manual_exit_requested = True
+                watch.exit_is_manual = False
             log.info("position_watcher.exit_failed", kind=type(item).__name__)
         case _:
             pass
@@ -249,7 +258,8 @@ async def _evaluate(
     snapshot = _snapshot(watch, market_clock)
     evaluation = evaluate(watch.plan, watch.facts(), watch.state, snapshot)
     now = snapshot.monotonic
-    manual = watch.manual_exit_requested
+    # An operator's close waits for quotes: without a mark there is no limit to set.
+    manual = watch.manual_exit_requested and evaluation.metrics is not None
     wants_exit = manual or evaluation.decision is DomainDecision.EXIT
     acting = wants_exit and _may_act(watch, now)
     new_state = evaluation.new_state
@@ -345,6 +355,7 @@ async def _act(
         dry_run=False,
     )
     watch.exit_in_flight = intent.intent_id
+    watch.exit_is_manual = manual
     await intents.send(intent)
 
 

@@ -220,7 +220,12 @@ async def run_engine(
                     sink,
                     account_id,
                     clock,
-                    RouterSettings(time_scale=getattr(clock, "speed", 1.0)),
+                    RouterSettings(
+                        time_scale=getattr(clock, "speed", 1.0),
+                        trading_limit=broker.trading_rate_limit,
+                        # The mirror reads positions outside the router's buckets: leave it room.
+                        standard_limit=max(1, broker.read_rate_limit - 10),
+                    ),
                     halts_recv,
                 )
                 children.append(ChildSpec("order_router", router))

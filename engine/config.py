@@ -84,6 +84,10 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # A Secret: repr and the logger show "***"; call .reveal() where the header is built.
     token: Secret | None = None
     account_id: str | None = None
+    # Requests per minute the engine allows itself (Tradier live: 60 trading, 120 account and
+    # order reads; the sandbox allows 60 reads: set read_rate_limit = 60 there).
+    trading_rate_limit: Annotated[int, msgspec.Meta(ge=1)] = 60
+    read_rate_limit: Annotated[int, msgspec.Meta(ge=1)] = 120
 
 
 class DatabaseConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -89,11 +89,13 @@ async def live_engine(
     *,
     data_dir: pathlib.Path | None = None,
     broker_kind: str = "sim",
+    broker: dict[str, Any] | None = None,
     **engine: Any,
 ) -> AsyncIterator[Live]:
     """Run ``scenario`` with the engine sending orders (see the module docstring).
     ``engine`` overrides ``[engine]`` config keys (e.g. ``exit_retry_seconds=5``);
-    ``broker_kind="paper"`` trades a paper book fed by the simulator's quotes instead."""
+    ``broker_kind="paper"`` trades a paper book fed by the simulator's quotes instead;
+    ``broker`` overrides other ``[broker]`` keys (e.g. ``{"read_rate_limit": 60}``)."""
     with tempfile.TemporaryDirectory(prefix="spreadwatch-live-") as tmp:
         config = load_config(environ={})
         database = msgspec.structs.replace(
@@ -115,7 +117,9 @@ async def live_engine(
                 engine_config = engine_config_for(config, sim, dry_run=False)
                 engine_config = msgspec.structs.replace(
                     engine_config,
-                    broker=msgspec.structs.replace(engine_config.broker, kind=broker_kind),
+                    broker=msgspec.structs.replace(
+                        engine_config.broker, kind=broker_kind, **(broker or {})
+                    ),
                 )
                 async with trio.open_nursery() as engine_nursery:
                     handle: EngineHandle = await engine_nursery.start(

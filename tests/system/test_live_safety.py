@@ -14,9 +14,9 @@ received (``sim_orders``) and on the engine's database:
   intents declined) and resume releases the exit; an operator's close sends one MANUAL order
   for a trade no rule would exit.
 
-Two known engine gaps are strict xfails (they fail today, and turn into failures the day they
-are fixed, so the marker comes off): the same burst against Tradier's *sandbox* limits draws
-429s, and a close requested while halted is lost instead of going out on resume.
+The same burst also runs against Tradier's *sandbox* limits (60 reads a minute), with the
+engine told so (``broker.read_rate_limit = 60``); and a close requested while halted goes out
+on resume (the watcher keeps an operator's close until an order for it fills).
 
 What the simulator answered is seen at its ASGI boundary (:class:`Wire`, wrapped around the app
 ``serve_simulator`` builds): it counts answers by status, and can hold back the answer to an
@@ -405,16 +405,7 @@ def rate_usage(answers: list[Answer]) -> dict[str, tuple[int, int, int | None]]:
     "limits",
     [
         "live",
-        pytest.param(
-            "sandbox",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="engine gap: the router's buckets are Tradier live's (standard 120/min, "
-                "RouterSettings in actors/order_follower.py, not configurable from engine/app.py) "
-                "and the mirror's reads are outside them; sandbox allows 60 standard/min, and "
-                "the burst's order reads draw ~20 answers 429",
-            ),
-        ),
+        "sandbox",
     ],
 )
 async def test_a_burst_of_thirty_stops_stays_within_the_rate_limits(
@@ -428,7 +419,9 @@ async def test_a_burst_of_thirty_stops_stays_within_the_rate_limits(
         scenario, broker=msgspec.structs.replace(scenario.broker, rate_limits=limits)
     )
     with trio.fail_after(BUDGET):
-        async with live_engine(scenario) as live:
+        # Told the sandbox's read limit (broker.read_rate_limit), as the README says to.
+        reads = {"read_rate_limit": 60} if limits == "sandbox" else {}
+        async with live_engine(scenario, broker=reads) as live:
             trade_ids = live.trade_ids
             assert len(trade_ids) == 30
 
@@ -591,12 +584,6 @@ async def test_an_operators_close_sends_one_manual_order_for_that_trade_only() -
     assert holdings(live.sim) == {"SPY251219P00660000": -1, "SPY251219P00655000": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: the watcher clears a manual close when it sends the intent, and a "
-    "decline (halted, no quotes yet, ...) or an unfilled order does not restore it, so the "
-    "operator's request (already consumed) is lost (actors/position_watcher.py _evaluate/_apply)",
-)
 async def test_a_close_requested_while_halted_goes_out_on_resume() -> None:
     """The operator halts, asks to close a trade, and resumes: the close request must stand
     through the halt (it was consumed and declined while halted) and go out on resume."""
