@@ -29,6 +29,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 import trio
 
+from actors.position_watcher import AuditSubmit
 from engine.brokers import BrokerOrder, OrderBroker
 from engine.clock import MarketClock
 from engine.domain.orders import ExitOrder
@@ -59,7 +60,7 @@ from engine.messages import (
     OrderRejected as OrderRejectedEvent,
 )
 from engine.ratelimit import TokenBucket
-from storage.orders import AppliedRead, StoredOrder
+from storage.orders import AppliedRead, PgOrderStore, StoredOrder
 
 __all__ = ["Follower", "FollowerContext", "RouterSettings", "priority_for"]
 
@@ -110,10 +111,10 @@ class FollowerContext:
     touch it, all in one trio run."""
 
     broker: OrderBroker
-    orders: Any  # storage.orders.PgOrderStore
+    orders: PgOrderStore
     events: trio.MemorySendChannel[RouterEvent]
     refresh: trio.MemorySendChannel[RefreshPositions]
-    audit: Any
+    audit: AuditSubmit
     account_id: str
     clock: MarketClock
     settings: RouterSettings
@@ -503,26 +504,39 @@ class Follower:
             self._next_step_at = float("inf")
             await self.cancel("the limit reached its cap without filling; deciding again")
             return
-        price = self.ladder[self.rung + 1]
-        await self.ctx.trading.acquire(self.priority)
+        moved = await self._modify(broker_id, self.ladder[self.rung + 1])
+        # The step is timed from the modify, not from the wait for a rate-limit token.
         self._next_step_at = trio.current_time() + self.step
+        if moved:
+            self.rung += 1
+
+    async def reprice(self, limit_price: Decimal) -> None:
+        """Move the working order's limit to ``limit_price`` now (an operator's request); the
+        ladder's later rungs still apply."""
+        broker_id = self.order.broker_order_id
+        if broker_id is not None and not self.done and self.order.status in _WORKING:
+            await self._modify(broker_id, limit_price)
+
+    async def _modify(self, broker_id: str, price: Decimal) -> bool:
+        """Modify the order's limit within the trading rate limit; True when it moved."""
+        await self.ctx.trading.acquire(self.priority)
         try:
             with trio.fail_after(self.ctx.settings.submit_timeout):
                 await self.ctx.broker.modify_price(broker_id, price)
         except OrderAlreadyFinal as exc:
             self.log.info("order_router.reprice_too_late", state=exc.state)
             self.poke()
-            return
+            return False
         except OrderRejected as exc:
             self.log.warning("order_router.reprice_refused", error=str(exc), limit_price=price)
             self.ladder = self.ladder[: self.rung + 1]  # stop walking; the order still works
-            return
+            return False
         except _AMBIGUOUS as exc:
             # A modify is idempotent: the next step tries this rung again.
             self.log.warning("order_router.reprice_unknown", error=str(exc) or type(exc).__name__)
             self.poke()
-            return
-        self.rung += 1
+            return False
+        order = self.order
         previous = order.limit_price
         await self.ctx.orders.record_reprice(order.order_id, price)
         self.order = msgspec.structs.replace(order, limit_price=price, attempts=order.attempts + 1)
@@ -530,7 +544,7 @@ class Follower:
             "order_router.repriced",
             previous_price=previous,
             limit_price=price,
-            rung=self.rung,
+            rung=self.rung + 1,
             remaining_quantity=order.quantity - order.filled_quantity,
         )
         await self._emit(
@@ -543,6 +557,7 @@ class Follower:
                 at=self.ctx.clock.now(),
             )
         )
+        return True
 
     async def _emit(self, event: RouterEvent) -> None:
         await self.ctx.events.send(event)

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any, Protocol, assert_never
+from decimal import Decimal
+from typing import Protocol, assert_never
 
 import trio
 
 from actors.order_follower import Follower, FollowerContext, RouterSettings, priority_for
+from actors.position_watcher import AuditSubmit
 from engine.brokers import BrokerOrder, BrokerPosition, OrderBroker
 from engine.clock import MarketClock
 from engine.domain.exit_plan import ExitPlan, default_plan, plan_with_overrides
@@ -44,11 +46,14 @@ from engine.domain.orders import (
     ExitRefused,
     build_exit_order,
     client_order_id,
+    closable_quantity,
     held_for_trade,
     parse_client_order_id,
     price_ladder,
 )
 from engine.domain.reconcile import OpenTrade
+from engine.domain.spread import Spread
+from engine.domain.strategy import Strategy
 from engine.errors import BrokerAnswerInvalid, BrokerUnavailable, ConfigError, RateLimited
 from engine.log import Logger, get_logger
 from engine.messages import (
@@ -64,9 +69,9 @@ from engine.messages import (
     RouterCommand,
     RouterEvent,
 )
-from storage.orders import StoredOrder
+from storage.orders import PgOrderStore, StoredOrder
 
-__all__ = ["ACTOR", "OrderStore", "RouterSettings", "TradeSource", "run"]
+__all__ = ["ACTOR", "RouterSettings", "TradeSource", "run"]
 
 ACTOR = "order_router"
 
@@ -79,33 +84,24 @@ class TradeSource(Protocol):
     async def load_open_trades(self, account_id: str) -> list[OpenTrade]: ...
 
 
-class OrderStore(Protocol):
-    """``storage.orders.PgOrderStore``: see there."""
-
-    async def record_exit_order(self, **kwargs: Any) -> StoredOrder | None: ...
-
-    async def unfinished_orders(self, account_id: str) -> list[StoredOrder]: ...
-
-
 async def run(
     *,
     inbox: trio.MemoryReceiveChannel[RouterCommand],
     events: trio.MemorySendChannel[RouterEvent],
     refresh: trio.MemorySendChannel[RefreshPositions],
     broker: OrderBroker,
-    orders: Any,
+    orders: PgOrderStore,
     trades: TradeSource,
-    audit: Any,
+    audit: AuditSubmit,
     account_id: str,
     clock: MarketClock,
     settings: RouterSettings | None = None,
     control: trio.MemoryReceiveChannel[Halt | Resume] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Route exits until cancelled. ``orders`` is a ``storage.orders.PgOrderStore``; ``audit``
-    an ``AuditSink`` (engine events). ``control`` carries the operator's Halt and Resume on a
-    channel of their own, served by a task of its own: a halt never waits behind a queue of
-    intents."""
+    """Route exits until cancelled; ``audit`` takes engine events. ``control`` carries the
+    operator's Halt and Resume on a channel of their own, served by a task of its own: a halt
+    never waits behind a queue of intents."""
     settings = settings or RouterSettings()
     async with trio.open_nursery() as nursery:
         ctx = FollowerContext(
@@ -169,10 +165,10 @@ class _Router:
                 target = self.ctx.followers_by_client.get(cid)
                 if target is not None:
                     await target.cancel(command.reason)
-            case RepriceOrder():
-                self.log.info(
-                    "order_router.reprice_ignored", client_order_id=command.client_order_id
-                )
+            case RepriceOrder(client_order_id=cid):
+                working = self.ctx.followers_by_client.get(cid)
+                if working is not None:
+                    await working.reprice(command.limit_price)
             case _:
                 assert_never(command)
 
@@ -221,10 +217,13 @@ class _Router:
         return await self._build_and_record(intent, snapshot.strategy, spread, held, plan)
 
     async def _build_and_record(
-        self, intent: ExitIntent, strategy: Any, spread: Any, held: dict[str, int], plan: ExitPlan
+        self,
+        intent: ExitIntent,
+        strategy: Strategy,
+        spread: Spread,
+        held: dict[str, int],
+        plan: ExitPlan,
     ) -> str | None:
-        from engine.domain.orders import closable_quantity
-
         wanted = spread.quantity if intent.action is ExitAction.FULL else intent.quantity
         quantity = min(wanted, closable_quantity(spread, held))
         if quantity <= 0:
@@ -425,7 +424,7 @@ class _Router:
         follower = Follower(
             self.ctx,
             stored,
-            intent_id=parse_intent(stored.client_order_id),
+            intent_id=_intent_of(stored.client_order_id),
             exit_order=None,
             ladder=(),
             step_seconds=0.0,
@@ -513,12 +512,12 @@ class _Router:
         )
 
 
-def parse_intent(cid: str) -> str:
+def _intent_of(cid: str) -> str:
     parsed = parse_client_order_id(cid)
     return "" if parsed is None else parsed.intent
 
 
-def _ladder(intent: ExitIntent, plan: ExitPlan) -> tuple[Any, ...] | None:
+def _ladder(intent: ExitIntent, plan: ExitPlan) -> tuple[Decimal, ...] | None:
     """The limits to walk; ``()`` for a market order; None when neither is possible."""
     if intent.mark_close_price is not None and intent.natural_close_price is not None:
         return price_ladder(

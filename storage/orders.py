@@ -32,7 +32,7 @@ from engine.domain.strategy import Strategy
 from engine.messages import ExitAction, OrderLegSide, OrderType
 from storage.database import Database, Executor, Row
 from storage.errors import IntegrityError
-from storage.trades import legs_at_quantity
+from storage.trades import FINAL_STATUSES_SQL, legs_at_quantity
 
 __all__ = ["AppliedRead", "PgOrderStore", "StoredOrder"]
 
@@ -245,26 +245,12 @@ class PgOrderStore:
         rows = await self._db.fetch(
             f"""
             SELECT * FROM orders WHERE account = $1 AND purpose = 'EXIT'
-              AND status NOT IN ({_FINAL_SQL}) ORDER BY order_id
+              AND status NOT IN ({FINAL_STATUSES_SQL}) ORDER BY order_id
             """,
             account_id,
         )
         return [_stored(row) for row in rows]
 
-    async def get_order(self, order_id: int) -> StoredOrder | None:
-        row = await self._db.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
-        return None if row is None else _stored(row)
-
-    async def known_client_order_ids(self, account_id: str, ids: Sequence[str]) -> set[str]:
-        rows = await self._db.fetch(
-            "SELECT client_order_id FROM orders WHERE account = $1 AND client_order_id = ANY($2)",
-            account_id,
-            list(ids),
-        )
-        return {row["client_order_id"] for row in rows}
-
-
-_FINAL_SQL = ", ".join(f"'{s}'" for s in sorted(accounting.FINAL_STATUS_NAMES))
 
 
 async def _recorded_legs(conn: Executor, order_id: int) -> dict[str, tuple[int, Decimal]]:

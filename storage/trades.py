@@ -39,6 +39,7 @@ from storage.database import Database, Executor, Row
 
 __all__ = [
     "FINAL_ORDER_STATUSES",
+    "FINAL_STATUSES_SQL",
     "PgTradeStore",
     "StoredTrade",
     "fired_tier_indices",
@@ -47,11 +48,12 @@ __all__ = [
 ]
 
 FINAL_ORDER_STATUSES: tuple[str, ...] = ("FILLED", "CANCELLED", "REJECTED", "EXPIRED")
-_FINAL_SQL = ", ".join(f"'{status}'" for status in FINAL_ORDER_STATUSES)
+# The final order statuses as an SQL list, for `status NOT IN (...)`.
+FINAL_STATUSES_SQL = ", ".join(f"'{status}'" for status in FINAL_ORDER_STATUSES)
 _EXIT_WORKING = f"""
     EXISTS (SELECT 1 FROM orders o
             WHERE o.trade_id = t.trade_id AND o.purpose = 'EXIT'
-              AND o.status NOT IN ({_FINAL_SQL}))
+              AND o.status NOT IN ({FINAL_STATUSES_SQL}))
 """
 
 

@@ -33,6 +33,7 @@ from engine.domain.strategy import Strategy, is_credit
 from engine.messages import CloseReason, OrderLegSide, OrderType
 
 __all__ = [
+    "FINAL_STATUS_NAMES",
     "ExitFilled",
     "LegFill",
     "OrderProgress",

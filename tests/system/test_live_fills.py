@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 
-from engine.messages import CancelOrder
+from engine.messages import CancelOrder, RepriceOrder
 from sim.broker import Order
 from sim.scenario import HttpErrors
 from tests.system.live import Live, live_engine, load, sim_orders, wait_for
@@ -422,3 +422,36 @@ async def test_an_ambiguous_send_is_found_by_its_tag_not_resent(
     }
     assert trade["status"] == "CLOSED" and trade["quantity"] == 0
     assert trade["realized_pnl"] == (ENTRY - order.avg_fill_price) * 2 * 100
+
+
+async def test_an_operator_reprice_moves_the_working_order() -> None:
+    # The expire scenario's order stays at the mark (a one-rung ladder): only a RepriceOrder
+    # command can move it, and it moves the same order at the broker (no second order).
+    with trio.fail_after(BUDGET):
+        async with live_engine(load("live_a_expire.toml"), exit_retry_seconds=60) as live:
+            (trade_id,) = live.trade_ids
+
+            def working() -> bool:
+                return any(o.status == "open" for o in sim_orders(live.sim))
+
+            await wait_for(working, timeout=30, what="an exit order working at the broker")
+            (order,) = sim_orders(live.sim)
+            assert order.price is not None
+            target = order.price + Decimal("0.01")
+            (row,) = await live.orders(trade_id)
+            await live.engine.commands.send(
+                RepriceOrder(
+                    client_order_id=row["client_order_id"], trade_id=trade_id, limit_price=target
+                )
+            )
+
+            async def moved() -> bool:
+                (now,) = await live.orders(trade_id)
+                return bool(now["limit_price"] == target)
+
+            await wait_for(moved, timeout=10, what="the order's recorded limit to move")
+            (after,) = await live.orders(trade_id)
+
+    (order,) = [o for o in sim_orders(live.sim) if o.tag == row["client_order_id"]]
+    assert [m.price for m in order.modifications] == [target]
+    assert after["attempts"] == 2  # the send and this one modification
