@@ -112,6 +112,18 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # After an exit order ends unfilled (cancelled, rejected, expired) or is declined, market
     # seconds before the trade's watcher may decide to exit again.
     exit_retry_seconds: Seconds = 30.0
+    # SIGTERM/SIGINT: seconds the engine gives in-flight order handling and the audit writer to
+    # reach a known state before it stops anyway (the next start reconciles what is left).
+    shutdown_timeout_seconds: Seconds = 20.0
+
+
+class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The engine's own HTTP endpoint: /healthz, /readyz, /metrics (loopback by default)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    # 0: any free port (the chosen one is logged as http.listening).
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8787
 
 
 class LogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -124,6 +136,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 
