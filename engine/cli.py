@@ -55,6 +55,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("scenario", "engine.cli_scenario"),
     ("halt", "engine.cli_control"),
     ("tail", "engine.cli_tail"),
+    ("status", "engine.cli_status"),
 )
 
 # flag -> (argparse dest, config key). These feed load_config's command-line layer.
