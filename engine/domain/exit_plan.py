@@ -19,7 +19,10 @@ Defaults (:func:`default_plan`), from the systems spreadwatch replaces:
   below 2 AND New York time at or after 15:50": on each of the last three calendar days (2, 1
   and 0 days to expiration) the exit fires from 15:50 on, and not before 15:50. A position past
   its expiration date fires at any time. To exit on DTE alone at any hour, set the time to
-  ``"00:00"``; to exit on expiration day only, set the days to 0.
+  ``"00:00"``; to exit on expiration day only, set the days to 0. The time is for a regular
+  day closing at 16:00; on a half day it keeps its distance before the early close (15:50 is
+  ten minutes before the close, so 12:50 when the market closes at 13:00), from the New York
+  calendar (:mod:`engine.calendar`). Days to expiration are calendar days, not sessions.
 - ``low_value_price`` 0.05 (credit only): the mark close price is at or below it.
 - ``iv_crush_ratio`` 0.85 with ``iv_crush_min_profit`` 0.15 (credit only).
 - Off by default: ``underlying_breach_buffer``, ``underlying_move_fraction``,
@@ -64,7 +67,7 @@ __all__ = [
     "plan_with_overrides",
 ]
 
-RULE_VERSION: Final = "exit-rules/1"
+RULE_VERSION: Final = "exit-rules/2"  # 2: the expiration-day cutoff moves with an early close
 """Names the rule code and defaults that decided; recorded with each decision. Bump it when a
 rule's meaning, priority or a default changes, so old decisions replay under the right rules."""
 

@@ -36,8 +36,10 @@ trailing, tiers, IV crush) never fire where max profit is unbounded (long calls 
   on one tick fire together; each closes ``floor(close_fraction x opening quantity)`` spreads
   (at least 1), the total never more than the current quantity; closing everything is a full
   exit.
-- ``expiration_day``: days to expiration (New York calendar) at or below ``dte_exit_days`` and New
-  York time at or after ``dte_exit_time``; any time once past the expiration date.
+- ``expiration_day``: days to expiration (New York calendar days) at or below ``dte_exit_days``
+  and New York time at or after ``dte_exit_time``, moved with an early close (the snapshot's
+  ``session_close``): the cutoff keeps its distance before the close, so 15:50 becomes 12:50 on
+  a day closing at 13:00; any time once past the expiration date.
 - ``max_days``: New York calendar days since the trade opened at or above ``max_days_in_trade``.
 - ``low_value`` (credit only): mark close price at or below ``low_value_price``.
 - ``iv_crush`` (credit only): the short legs' implied volatility (mean over the short legs, from
@@ -65,6 +67,7 @@ strategies and unmanaged trades always ``hold``.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
@@ -73,6 +76,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from engine.calendar import REGULAR_CLOSE
 from engine.domain.exit_plan import RULE_VERSION, ExitPlan, StopBasis
 from engine.domain.exit_types import (
     MAX_UNDERLYING_SAMPLES,
@@ -376,8 +380,19 @@ def _expiration_day(tick: _Tick) -> bool:
         return False
     if dte < 0:
         return True  # past expiration and still held: overdue
-    ny_time = tick.snapshot.market_time.astimezone(_NEW_YORK).time()
-    return dte <= days and ny_time >= tick.plan.dte_exit_time
+    return dte <= days and _past_cutoff(tick.snapshot, tick.plan.dte_exit_time)
+
+
+def _past_cutoff(snapshot: MarketSnapshot, cutoff: dt.time) -> bool:
+    """Whether the day's cutoff has passed. The cutoff keeps its distance before the session's
+    close: 15:50 is ten minutes before a 16:00 close, so on a half day closing at 13:00 it is
+    12:50. Without a close (no session that day, or no calendar) the plan's time stands."""
+    close = snapshot.session_close
+    if close is None:
+        return snapshot.market_time.astimezone(_NEW_YORK).time() >= cutoff
+    day = close.astimezone(_NEW_YORK).date()
+    early_by = dt.datetime.combine(day, REGULAR_CLOSE, _NEW_YORK) - close
+    return snapshot.market_time >= dt.datetime.combine(day, cutoff, _NEW_YORK) - early_by
 
 
 def _max_days(tick: _Tick) -> bool:

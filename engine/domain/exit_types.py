@@ -157,13 +157,18 @@ class WatchState(msgspec.Struct, frozen=True, kw_only=True):
 
 class MarketSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     """The quotes one evaluation sees. ``legs`` is aligned with ``position.spread.legs`` (None
-    for a leg never quoted). ``monotonic`` is trio time in seconds."""
+    for a leg never quoted). ``monotonic`` is trio time in seconds. ``market_open`` and
+    ``session_close`` come from the market calendar (:mod:`engine.calendar`): whether the New
+    York session is open at ``market_time``, and when that day's session closes (None on a day
+    without one); without a calendar the market counts as open and no close is known."""
 
     legs: tuple[TimedQuote | None, ...]
     underlying_price: Decimal | None = None
     underlying_age_seconds: float | None = None
     market_time: dt.datetime
     monotonic: float
+    market_open: bool = True
+    session_close: dt.datetime | None = None
 
 
 class Metrics(msgspec.Struct, frozen=True, kw_only=True):
