@@ -20,9 +20,11 @@ trailing stop's peak. A tier is only recorded as fired when its exit is actually
 At most one exit is in flight. It ends with the order's final event (filled, cancelled,
 rejected, expired) or the router declining the intent; after a failure the watcher waits
 ``retry_after`` seconds before it may decide again (a retry policy, not a tight loop). An
-out-of-sync spread (a leg gone at the broker) is watched but proposes no exit. In dry run (or
-with no router) exits are decided and recorded, never sent; a recorded dry-run exit holds
-further exits for ``retry_after`` seconds, as a declined intent would.
+out-of-sync spread (a leg gone at the broker) is watched but proposes no exit, and neither
+does any spread while the New York session is closed (``WatcherSettings.calendar``): the first
+tick after the open decides again. In dry run (or with no router) exits are decided and
+recorded, never sent; a recorded dry-run exit holds further exits for ``retry_after`` seconds,
+as a declined intent would.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
+from engine.calendar import MarketCalendar
 from engine.clock import MarketClock
 from engine.conflate import ConflatingMailbox
 from engine.domain.exit_plan import ExitPlan, default_plan, plan_with_overrides
@@ -75,7 +78,7 @@ from engine.messages import (
     TradeSnapshot,
 )
 
-__all__ = ["AuditSubmit", "WatchStateStore", "WatcherSettings", "run"]
+__all__ = ["AuditSubmit", "DecisionObserver", "WatchStateStore", "WatcherSettings", "run"]
 
 _log = get_logger("position_watcher")
 
@@ -96,10 +99,20 @@ class AuditSubmit(Protocol):
     def submit(self, record: AuditRecord) -> None: ...
 
 
+class DecisionObserver(Protocol):
+    """Counts recorded decisions (``engine.metrics.EngineMetrics`` fits); never per tick."""
+
+    def exit_decided(self, rule: str, tick_age: float | None) -> None: ...
+    def guard_recorded(self, rule: str | None) -> None: ...
+
+
 class WatcherSettings(msgspec.Struct, frozen=True, kw_only=True):
     dry_run: bool = False
     snapshot_interval: float = 60.0  # seconds of trio time between sampled hold records
     retry_after: float = 30.0  # after a failed exit, before the watcher may decide again
+    # Session hours: no exit is sent while the market is closed (a day order would only
+    # expire), and an early close moves the expiration-day cutoff. None: always open.
+    calendar: MarketCalendar | None = None
 
 
 class _Watch:
@@ -126,6 +139,7 @@ class _Watch:
         self.manual_exit_requested = False
         self.exit_is_manual = False  # the exit in flight was the operator's close
         self.closed = False
+        self.observer: DecisionObserver | None = None
 
     def facts(self) -> PositionFacts:
         return PositionFacts(
@@ -151,10 +165,12 @@ async def run(
     store: WatchStateStore,
     market_clock: MarketClock,
     settings: WatcherSettings,
+    observer: DecisionObserver | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Watch one trade until its spread closes (or the task is cancelled)."""
     watch = _Watch(trade, plan_for(trade))
+    watch.observer = observer
     log = _log.bind(trade_id=trade.trade_id)
     task_status.started()
     while not watch.closed:
@@ -216,7 +232,9 @@ def _apply(watch: _Watch, item: object, log: Any, retry_after: float) -> bool:
     return False
 
 
-def _snapshot(watch: _Watch, market_clock: MarketClock) -> MarketSnapshot:
+def _snapshot(
+    watch: _Watch, market_clock: MarketClock, calendar: MarketCalendar | None
+) -> MarketSnapshot:
     now = trio.current_time()
     legs: list[TimedQuote | None] = []
     for symbol in watch.spread.symbols:
@@ -227,12 +245,16 @@ def _snapshot(watch: _Watch, market_clock: MarketClock) -> MarketSnapshot:
             else TimedQuote(bid=quote.bid, ask=quote.ask, age_seconds=now - quote.received_at)
         )
     price, age = _underlying(watch, now)
+    market_time = market_clock.now()
+    session = None if calendar is None else calendar.session_at(market_time)
     return MarketSnapshot(
         legs=tuple(legs),
         underlying_price=price,
         underlying_age_seconds=age,
-        market_time=market_clock.now(),
+        market_time=market_time,
         monotonic=now,
+        market_open=calendar is None or (session is not None and session.contains(market_time)),
+        session_close=None if session is None else session.close,
     )
 
 
@@ -255,13 +277,14 @@ async def _evaluate(
     settings: WatcherSettings,
     log: Any,
 ) -> None:
-    snapshot = _snapshot(watch, market_clock)
+    snapshot = _snapshot(watch, market_clock, settings.calendar)
     evaluation = evaluate(watch.plan, watch.facts(), watch.state, snapshot)
     now = snapshot.monotonic
     # An operator's close waits for quotes: without a mark there is no limit to set.
     manual = watch.manual_exit_requested and evaluation.metrics is not None
     wants_exit = manual or evaluation.decision is DomainDecision.EXIT
-    acting = wants_exit and _may_act(watch, now)
+    # Outside the session the exit waits for the open (the first tick then decides again).
+    acting = wants_exit and snapshot.market_open and _may_act(watch, now)
     new_state = evaluation.new_state
     if not acting:
         # A tier only counts as fired when its exit is sent.
@@ -324,6 +347,8 @@ async def _act(
         quantity=quantity,
     )
     audit.submit(record)
+    if watch.observer is not None:
+        watch.observer.exit_decided(rule, None if manual else _newest_tick_age(watch))
     metrics = evaluation.metrics
     log.info(
         "position_watcher.exit_decided",
@@ -373,6 +398,16 @@ def _record_guard(
         return
     watch.last_guard = (reasons, now)
     audit.submit(_record(watch, evaluation, snapshot, settings, Decision.HELD_BY_GUARD))
+    if watch.observer is not None:
+        watch.observer.guard_recorded(None if evaluation.rule is None else str(evaluation.rule))
+
+
+def _newest_tick_age(watch: _Watch) -> float | None:
+    """Seconds since the newest quote (or underlying print) the watcher holds arrived."""
+    arrivals = [quote.received_at for quote in watch.quotes.values()]
+    if watch.underlying_last is not None:
+        arrivals.append(watch.underlying_last[1])
+    return trio.current_time() - max(arrivals) if arrivals else None
 
 
 def _record(
