@@ -10,13 +10,14 @@ one error) and never get an id.
 from __future__ import annotations
 
 import re
+import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sim.asgi import Request, Response, Router, json_response, text_response
 from sim.broker import LegRequest, Order, OrderRequest
 from sim.scenario import EASTERN
-from sim.state import Simulator
+from sim.state import OrderReceipt, Simulator
 from sim.wire import balances_record, collapse, iso, order_record, position_record
 
 __all__ = ["BadParameter", "add_account_routes", "parse_order_request"]
@@ -149,10 +150,13 @@ def add_account_routes(router: Router, sim: Simulator) -> None:
             return None
 
     async def place(request: Request) -> Response:
+        received_ns = time.perf_counter_ns()
         try:
             order = parse_order_request(request)
         except BadParameter as exc:
             return text_response(str(exc), 400)
+        sim.order_receipts.append(OrderReceipt(
+            received_ns, order.tag, tuple(leg.option_symbol for leg in order.legs)))
         if request.flag("preview"):
             placement = broker.preview(order)
             return _errors(placement.errors) if placement.errors else \

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 
+import msgspec
 import trio
 
 from sim.broker import Broker, Order, OrderLeg
@@ -14,9 +16,20 @@ from sim.scenario import Scenario
 from sim.streams import AccountHub, MarketHub, SessionStore
 from sim.wire import account_event, encode_text
 
-__all__ = ["Simulator"]
+__all__ = ["OrderReceipt", "Simulator"]
 
 HEARTBEAT_INTERVAL = 60.0  # real seconds, as Tradier's account stream
+_RECEIPTS_KEPT = 10_000
+
+
+class OrderReceipt(msgspec.Struct, frozen=True):
+    """An order request as it reached the simulator: ``received_ns`` is
+    ``time.perf_counter_ns()`` in this process when the handler began (benchmarks compare it
+    with ``MarketHub.emitted_ns``, the same clock)."""
+
+    received_ns: int
+    tag: str | None
+    symbols: tuple[str, ...]
 
 
 class Simulator:
@@ -36,6 +49,8 @@ class Simulator:
         self.broker.on_event = self._order_event
         self.faults = Faults(scenario, self.market, self.broker, self.market_hub,
                              self.account_hub)
+        # Placement requests, newest last (bounded: a long session keeps the latest).
+        self.order_receipts: deque[OrderReceipt] = deque(maxlen=_RECEIPTS_KEPT)
 
     def clock_iso(self) -> str:
         """Market time as ``2025-12-09T18:03:51.029067000Z`` (heartbeat style, nanoseconds)."""

@@ -8,11 +8,17 @@ Each connection has one writer task; everything else (the market model, the brok
 of the client's payloads, faults) only puts lines into the connection's pending buffer and wakes
 the writer. Quotes are state, so a newer quote for a symbol replaces one still waiting; every
 other event is kept in order.
+
+A benchmark may *mark* a market line (``MarketHub.publish(..., mark=...)``): when the writer
+hands the frame carrying it to the socket, ``MarketHub.emitted_ns[mark]`` gets
+``time.perf_counter_ns()`` (this process's clock, the one the order endpoint stamps receipts
+with). A marked quote replaced by a newer one before it was sent is never stamped: it never left.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -50,31 +56,54 @@ class SessionStore:
 
 
 class _Connection:
-    """One socket's outgoing buffer. Keys are ("q", symbol) for quotes, ints otherwise."""
+    """One socket's outgoing buffer. Keys are ("q", symbol) for quotes, ints otherwise.
+    ``marks`` names the pending lines a benchmark marked (key -> mark); ``emitted_ns`` is where
+    their send times go."""
 
-    def __init__(self) -> None:
+    def __init__(self, emitted_ns: dict[str, int] | None = None) -> None:
         self.pending: dict[object, str] = {}
+        self.marks: dict[object, str] = {}
+        self.emitted_ns = emitted_ns
         self.wake = trio.Event()
         self.close_code: int | None = None
         self._seq = itertools.count()
 
-    def push(self, line: str, key: object = None) -> None:
+    def push(self, line: str, key: object = None, mark: str | None = None) -> None:
         if key is None:
             key = next(self._seq)
         else:
             self.pending.pop(key, None)  # the newest quote goes to the back of the line
+            if self.marks:
+                self.marks.pop(key, None)
         self.pending[key] = line
+        if mark is not None:
+            self.marks[key] = mark
         self.wake.set()
 
     def close(self, code: int) -> None:
         self.close_code = code
         self.wake.set()
 
-    def take(self) -> list[str]:
+    def take(self) -> tuple[list[str], dict[int, str]]:
+        """Every pending line in order, and the marked ones' positions among them."""
+        marked = {}
+        if self.marks:
+            marked = {i: self.marks[key] for i, key in enumerate(self.pending)
+                      if key in self.marks}
+            self.marks.clear()
         lines = list(self.pending.values())
         self.pending.clear()
         self.wake = trio.Event()
-        return lines
+        return lines, marked
+
+    def stamp(self, marked: dict[int, str], first: int, end: int) -> None:
+        """Record now as the send time of the marked lines ``first <= i < end``."""
+        if self.emitted_ns is None:
+            return
+        now = time.perf_counter_ns()
+        for i, mark in marked.items():
+            if first <= i < end:
+                self.emitted_ns[mark] = now
 
 
 async def _write_loop(conn: _Connection, send: Send, linebreak: Any) -> None:
@@ -82,13 +111,18 @@ async def _write_loop(conn: _Connection, send: Send, linebreak: Any) -> None:
     change it."""
     while True:
         await conn.wake.wait()
-        lines = conn.take()
+        lines, marked = conn.take()
         if linebreak():
             for start in range(0, len(lines), _FRAME_LINES):
-                text = "\n".join(lines[start:start + _FRAME_LINES])
+                end = start + _FRAME_LINES
+                text = "\n".join(lines[start:end])
+                if marked:
+                    conn.stamp(marked, start, end)
                 await send({"type": "websocket.send", "text": text})
         else:
-            for line in lines:
+            for i, line in enumerate(lines):
+                if marked:
+                    conn.stamp(marked, i, i + 1)
                 await send({"type": "websocket.send", "text": line})
         if conn.close_code is not None:
             await send({"type": "websocket.close", "code": conn.close_code})
@@ -121,17 +155,18 @@ class MarketHub:
         self.sessions = sessions
         self._subs: dict[str, dict[_Connection, _Subscription]] = {}
         self._connections: set[_Connection] = set()
+        self.emitted_ns: dict[str, int] = {}  # mark -> when its frame was sent (see above)
 
     def wanted(self) -> Iterable[str]:
         return self._subs.keys()
 
-    def publish(self, symbol: str, kind: str, line: str) -> None:
+    def publish(self, symbol: str, kind: str, line: str, mark: str | None = None) -> None:
         subscribers = self._subs.get(symbol)
         if not subscribers:
             return
         for conn, sub in subscribers.items():
             if kind in sub.kinds:
-                conn.push(line, ("q", symbol) if kind == "quote" else None)
+                conn.push(line, ("q", symbol) if kind == "quote" else None, mark)
 
     def drop_all(self) -> int:
         for conn in self._connections:
@@ -182,7 +217,7 @@ class MarketHub:
         if (await receive())["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        conn = _Connection()
+        conn = _Connection(self.emitted_ns)
         sub = _Subscription()
         self._connections.add(conn)
         try:
