@@ -3,9 +3,11 @@
 The router owns the orders. For an :class:`~engine.messages.ExitIntent` it:
 
 1. declines it (:class:`~engine.messages.ExitIntentDeclined`, and the watcher retries later)
-   when the engine is halted, the intent is a dry run, the router has not yet read the broker's
-   orders since it started, an exit of the trade is already working, a person's order at the
-   broker touches the trade's legs, or the trade is not OPEN and managed;
+   when the engine is halted, the intent is a dry run, the New York session is closed (reason
+   ``market_closed``: a day order sent now would only expire; the watcher decides again after
+   the open), the router has not yet read the broker's orders since it started, an exit of the
+   trade is already working, a person's order at the broker touches the trade's legs, or the
+   trade is not OPEN and managed;
 2. reads the broker's positions (at most ``positions_max_age`` old) and works out what the
    broker holds **for this trade** (:func:`engine.domain.orders.held_for_trade`: never another
    trade's contracts on the same strikes), and the quantity: the trade's whole quantity for a
@@ -40,7 +42,8 @@ import trio
 from actors.order_follower import Follower, FollowerContext, RouterSettings, priority_for
 from actors.position_watcher import AuditSubmit
 from engine.brokers import BrokerOrder, BrokerPosition, OrderBroker
-from engine.clock import MarketClock
+from engine.calendar import MarketCalendar
+from engine.clock import NEW_YORK, MarketClock
 from engine.domain.exit_plan import ExitPlan, default_plan, plan_with_overrides
 from engine.domain.orders import (
     ExitRefused,
@@ -71,9 +74,10 @@ from engine.messages import (
 )
 from storage.orders import PgOrderStore, StoredOrder
 
-__all__ = ["ACTOR", "RouterSettings", "TradeSource", "run"]
+__all__ = ["ACTOR", "MARKET_CLOSED", "RouterSettings", "TradeSource", "run"]
 
 ACTOR = "order_router"
+MARKET_CLOSED = "market_closed"  # how a decline outside the session starts (log and audit)
 
 _READ_ERRORS = (BrokerUnavailable, RateLimited, BrokerAnswerInvalid, trio.TooSlowError)
 
@@ -97,11 +101,13 @@ async def run(
     clock: MarketClock,
     settings: RouterSettings | None = None,
     control: trio.MemoryReceiveChannel[Halt | Resume] | None = None,
+    calendar: MarketCalendar | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Route exits until cancelled; ``audit`` takes engine events. ``control`` carries the
     operator's Halt and Resume on a channel of their own, served by a task of its own: a halt
-    never waits behind a queue of intents."""
+    never waits behind a queue of intents. ``calendar``: exits are declined outside the New
+    York session (None: the market is always open)."""
     settings = settings or RouterSettings()
     async with trio.open_nursery() as nursery:
         ctx = FollowerContext(
@@ -115,7 +121,7 @@ async def run(
             settings=settings,
             nursery=nursery,
         )
-        router = _Router(ctx, trades)
+        router = _Router(ctx, trades, calendar)
         with inbox:
             await router.reconcile()
             nursery.start_soon(router.follow_stream)
@@ -131,9 +137,12 @@ async def run(
 class _Router:
     """The state the router task owns (followers own their orders' state)."""
 
-    def __init__(self, ctx: FollowerContext, trades: TradeSource) -> None:
+    def __init__(
+        self, ctx: FollowerContext, trades: TradeSource, calendar: MarketCalendar | None = None
+    ) -> None:
         self.ctx = ctx
         self.trades = trades
+        self.calendar = calendar
         self.log: Logger = get_logger(ACTOR).bind(account_id=ctx.account_id)
         self.reconciled = False
         self.held_off: dict[int, set[str]] = {}  # trade_id -> foreign broker order ids
@@ -184,6 +193,14 @@ class _Router:
             return "dry run: nothing is sent"
         if self.ctx.halted:
             return "halted: no new orders"
+        if self.calendar is not None:
+            now = self.ctx.clock.now()
+            if not self.calendar.is_open(now):
+                opens = self.calendar.next_open(now).astimezone(NEW_YORK)
+                return (
+                    f"{MARKET_CLOSED}: the New York session is closed (a day order would only "
+                    f"expire); it opens {opens:%Y-%m-%d %H:%M} ET"
+                )
         if not self.reconciled:
             return "the broker's orders have not been read since start; not acting blind"
         if intent.trade_id in self.ctx.followers:
@@ -282,6 +299,13 @@ class _Router:
             intent_id=intent.intent_id,
             reason=reason,
         )
+        if reason.startswith(MARKET_CLOSED):
+            self._event(
+                MARKET_CLOSED,
+                trade_id=intent.trade_id,
+                message=reason,
+                action="exit declined; the watcher decides again after the open",
+            )
         await self.ctx.events.send(
             ExitIntentDeclined(
                 intent_id=intent.intent_id,

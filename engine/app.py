@@ -54,6 +54,7 @@ from engine.brokers.paper import PaperBroker
 from engine.brokers.tradier.broker import TradierBroker
 from engine.brokers.tradier.rest import TradierRest
 from engine.brokers.tradier.stream import open_market_socket
+from engine.calendar import MarketCalendar
 from engine.clock import MarketClock, SystemMarketClock
 from engine.config import Config
 from engine.errors import ConfigError
@@ -121,6 +122,8 @@ async def run_engine(
     )
     account_id = _require(broker.account_id, "broker account id", "TRADIER_ACCOUNT_ID")
     clock = market_clock or SystemMarketClock()
+    # Loaded once (pandas, a fraction of a second: off the event loop); plain data after.
+    calendar = await trio.to_thread.run_sync(MarketCalendar.load, clock.now())
     async with TradierRest(base_url=broker.rest_url, token=token, account_id=account_id) as rest:
         fanout = QuoteFanout()
         store = PgTradeStore(db)
@@ -161,6 +164,7 @@ async def run_engine(
                     sink,
                     connect=functools.partial(open_market_socket, rest, broker.market_stream_url),
                     rest_poll=rest.get_quotes,
+                    calendar=calendar,
                 ),
             )
             tracking = Supervisor(
@@ -191,6 +195,7 @@ async def run_engine(
                             intents=None if dry_run else commands_send,
                             router_events=events_recv,
                             closes=closes_recv,
+                            calendar=calendar,
                         ),
                     ),
                 ],
@@ -227,6 +232,7 @@ async def run_engine(
                         standard_limit=max(1, broker.read_rate_limit - 10),
                     ),
                     halts_recv,
+                    calendar=calendar,
                 )
                 children.append(ChildSpec("order_router", router))
             children.append(
@@ -324,6 +330,7 @@ async def _router_child(
     settings: RouterSettings,
     halts: trio.MemoryReceiveChannel[Halt | Resume],
     *,
+    calendar: MarketCalendar,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with (
@@ -344,6 +351,7 @@ async def _router_child(
             clock=clock,
             settings=settings,
             control=control,
+            calendar=calendar,
             task_status=task_status,
         )
 
@@ -416,10 +424,13 @@ def _pool_child(
     intents: trio.MemorySendChannel[RouterCommand] | None,
     router_events: trio.MemoryReceiveChannel[RouterEvent],
     closes: trio.MemoryReceiveChannel[CloseTradeNow],
+    calendar: MarketCalendar,
 ) -> Callable[..., Awaitable[None]]:
     speed = getattr(clock, "speed", 1.0)  # market seconds per trio second
     settings = WatcherSettings(
-        dry_run=intents is None, retry_after=config.engine.exit_retry_seconds / speed
+        dry_run=intents is None,
+        retry_after=config.engine.exit_retry_seconds / speed,
+        calendar=calendar,
     )
 
     async def watch(trade: TradeSnapshot, mailbox: Any) -> None:
@@ -461,6 +472,7 @@ def _quote_stream_child(
     *,
     connect: Any,
     rest_poll: Any,
+    calendar: MarketCalendar,
 ) -> Callable[..., Awaitable[None]]:
     async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with inbox.clone() as subscriptions:
@@ -472,6 +484,7 @@ def _quote_stream_child(
                 rest_poll=rest_poll,
                 audit=sink,
                 config=QuoteStreamConfig(),
+                market_open=calendar.is_open,  # a quiet feed outside the session is not stale
                 task_status=task_status,
             )
 
