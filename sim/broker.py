@@ -38,7 +38,6 @@ __all__ = [
 FINAL_STATUSES = frozenset({"filled", "canceled", "rejected", "expired"})
 _HUNDRED = Decimal(100)
 _CENT = Decimal("0.01")
-_CLOSE = dt.time(16, 0)
 
 
 class LegRequest(msgspec.Struct, frozen=True):
@@ -324,9 +323,10 @@ class Broker:
     # -- the clock moves --------------------------------------------------------------------
 
     def on_tick(self) -> None:
-        """Accept pending orders, expire day orders after the close, fill what crosses."""
+        """Accept pending orders, expire day orders after the close (13:00 on a half day),
+        fill what crosses."""
         now = self.market.clock.now()
-        after_close = now.astimezone(EASTERN).time() >= _CLOSE
+        after_close = now >= self.market.close_on(now.astimezone(EASTERN).date())
         for order in list(self.orders.values()):
             if order.is_final:
                 continue

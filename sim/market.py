@@ -20,6 +20,7 @@ from typing import Protocol
 import msgspec
 import trio
 
+from engine.calendar import REGULAR_CLOSE, MarketCalendar
 from engine.domain.occ import OptionRight, OptionSymbol
 from engine.errors import InvalidSymbol
 from sim.clock import SimClock
@@ -31,7 +32,6 @@ __all__ = ["Contract", "Market", "MarketFeed", "Quote", "cents_text"]
 
 _EXCHANGES = "QZNPCBMXJK"
 _YEAR_SECONDS = 365.0 * 24 * 3600
-_CLOSE = dt.time(16, 0)
 
 
 def cents_text(cents: int) -> str:
@@ -104,6 +104,8 @@ class Market:
     def __init__(self, scenario: Scenario, clock: SimClock) -> None:
         self.scenario = scenario
         self.clock = clock
+        # The engine's New York calendar: holidays and half days are the same on both sides.
+        self.calendar = MarketCalendar.load(clock.start)
         self.config = scenario.market
         self.feed: MarketFeed = _NoFeed()
         self._tick_cents = max(1, int(self.config.tick_size * 100))
@@ -177,11 +179,20 @@ class Market:
             option = None
         underlying = self.scenario.underlying_for_root(option.root) if option else None
         if option is not None and underlying is not None:
-            expires = dt.datetime.combine(option.expiration, _CLOSE, tzinfo=EASTERN)
+            expires = self.close_on(option.expiration)
             contract = Contract(symbol, option, underlying, expires, float(option.strike),
                                 option.right is OptionRight.CALL, expires.timestamp())
         self._contracts[symbol] = contract
         return contract
+
+    def close_on(self, day: dt.date) -> dt.datetime:
+        """When the New York session of ``day`` closes (13:00 on a half day); a day without a
+        session (a holiday, a weekend) keeps the regular 16:00, so a scenario set on one still
+        has an end of day for day orders and expirations."""
+        close = self.calendar.close_of(day)
+        if close is None:
+            return dt.datetime.combine(day, REGULAR_CLOSE, tzinfo=EASTERN)
+        return close.astimezone(EASTERN)
 
     def is_known(self, symbol: str) -> bool:
         return symbol in self._by_symbol or self.contract(symbol) is not None

@@ -1,15 +1,19 @@
 """``/v1/markets/...``: quotes, chains, expirations, strikes, clock, calendar, stream sessions.
 
-Market hours follow Tradier's clock states on every weekday (no holidays are modelled):
-premarket 04:00-09:30, open 09:30-16:00, postmarket 16:00-20:00 Eastern, closed otherwise.
+Market hours follow Tradier's clock states on every New York trading day of the engine's
+calendar (:mod:`engine.calendar`): premarket 04:00 to the open, open 09:30-16:00 (to 13:00 on a
+half day), postmarket for four hours after the close; closed otherwise, and all day on weekends
+and exchange holidays.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime as dt
+import itertools
 from typing import Any
 
+from engine.calendar import MarketCalendar
 from sim.asgi import Request, Response, Router, json_response, text_response
 from sim.scenario import EASTERN
 from sim.state import Simulator
@@ -17,30 +21,44 @@ from sim.wire import collapse, quote_record
 
 __all__ = ["add_market_routes", "market_state"]
 
-_SESSIONS = [
-    (dt.time(4, 0), "premarket"),
-    (dt.time(9, 30), "open"),
-    (dt.time(16, 0), "postmarket"),
-    (dt.time(20, 0), "closed"),
-]
-_DESCRIPTIONS = {
-    "premarket": "Market is in premarket from 04:00 to 09:30",
-    "open": "Market is open from 09:30 to 16:00",
-    "postmarket": "Market is in postmarket from 16:00 to 20:00",
-    "closed": "Market is closed",
-}
+_PREMARKET = dt.time(4, 0)
+_POSTMARKET = dt.timedelta(hours=4)
 
 
-def market_state(moment: dt.datetime) -> tuple[str, str, str]:
+def _states(day: dt.date, calendar: MarketCalendar) -> list[tuple[dt.time, str]] | None:
+    """The day's state changes (Eastern start, state), or None on a day without a session."""
+    session = calendar.session(day)
+    if session is None:
+        return None
+    opens, closes = session.open.astimezone(EASTERN), session.close.astimezone(EASTERN)
+    return [
+        (_PREMARKET, "premarket"),
+        (opens.time(), "open"),
+        (closes.time(), "postmarket"),
+        ((closes + _POSTMARKET).time(), "closed"),
+    ]
+
+
+def _description(state: str, states: list[tuple[dt.time, str]] | None) -> str:
+    if state == "closed" or states is None:
+        return "Market is closed"
+    bounds = {name: (start, end) for (start, name), (end, _) in itertools.pairwise(states)}
+    start, end = bounds[state]
+    where = "open" if state == "open" else f"in {state}"
+    return f"Market is {where} from {start:%H:%M} to {end:%H:%M}"
+
+
+def market_state(moment: dt.datetime, calendar: MarketCalendar) -> tuple[str, str, str]:
     """(state, next_change "HH:MM", next_state) at ``moment``."""
     local = moment.astimezone(EASTERN)
-    if local.weekday() >= 5:
+    states = _states(local.date(), calendar)
+    if states is None:
         return "closed", "04:00", "premarket"
     state = "closed"
-    for start, name in _SESSIONS:
+    for start, name in states:
         if local.time() >= start:
             state = name
-    for start, name in _SESSIONS:
+    for start, name in states:
         if local.time() < start:
             return state, start.strftime("%H:%M"), name
     return state, "04:00", "premarket"
@@ -98,10 +116,11 @@ def add_market_routes(router: Router, sim: Simulator) -> None:
 
     async def clock(request: Request) -> Response:
         now = sim.clock.now()
-        state, next_change, next_state = market_state(now)
+        state, next_change, next_state = market_state(now, market.calendar)
+        today = now.astimezone(EASTERN).date()
         return json_response({"clock": {
-            "date": now.astimezone(EASTERN).date().isoformat(),
-            "description": _DESCRIPTIONS[state],
+            "date": today.isoformat(),
+            "description": _description(state, _states(today, market.calendar)),
             "state": state,
             "timestamp": int(now.timestamp()),
             "next_change": next_change,
@@ -116,7 +135,8 @@ def add_market_routes(router: Router, sim: Simulator) -> None:
             days_in_month = calendar.monthrange(year, month)[1]
         except (ValueError, calendar.IllegalMonthError):
             return text_response("Invalid Parameter: month/year", 400)
-        days = [_calendar_day(dt.date(year, month, d)) for d in range(1, days_in_month + 1)]
+        days = [_calendar_day(dt.date(year, month, d), market.calendar)
+                for d in range(1, days_in_month + 1)]
         return json_response({"calendar": {"month": month, "year": year,
                                            "days": {"day": days}}})
 
@@ -137,16 +157,18 @@ def add_market_routes(router: Router, sim: Simulator) -> None:
     router.add("POST", "/v1/markets/events/session", market_session)
 
 
-def _calendar_day(day: dt.date) -> dict[str, Any]:
-    if day.weekday() >= 5:
+def _calendar_day(day: dt.date, calendar: MarketCalendar) -> dict[str, Any]:
+    states = _states(day, calendar)
+    if states is None:
         return {"date": day.isoformat(), "status": "closed", "description": "Market is closed"}
+    (pre, _), (opens, _), (closes, _), (post_end, _) = states
     return {
         "date": day.isoformat(),
         "status": "open",
         "description": "Market is open",
-        "premarket": {"start": "04:00", "end": "09:30"},
-        "open": {"start": "09:30", "end": "16:00"},
-        "postmarket": {"start": "16:00", "end": "20:00"},
+        "premarket": {"start": f"{pre:%H:%M}", "end": f"{opens:%H:%M}"},
+        "open": {"start": f"{opens:%H:%M}", "end": f"{closes:%H:%M}"},
+        "postmarket": {"start": f"{closes:%H:%M}", "end": f"{post_end:%H:%M}"},
     }
 
 
