@@ -187,6 +187,12 @@ def _in_flight(order: WorkingOrder | None, taken_at: dt.datetime) -> InFlight | 
     )
 
 
+def _cents(per_spread: Decimal, quantity: int) -> Decimal:
+    """Dollars for ``quantity`` spreads, to the cent (a fraction of max profit can have more
+    places than a price)."""
+    return dollars(per_spread, quantity).quantize(_CENT)
+
+
 def trade_view(trade: TradeStatus, taken_at: dt.datetime) -> TradeView:
     """The figures ``status`` shows for one trade (see the module docstring)."""
     plan, plan_error = _plan(trade)
@@ -214,13 +220,13 @@ def trade_view(trade: TradeStatus, taken_at: dt.datetime) -> TradeView:
         as_of=None if decision is None else decision.decided_at,
         decision_kind=None if decision is None else decision.kind,
         mark=None if decision is None else decision.mark,
-        pnl=None if pnl is None else dollars(pnl, trade.quantity),
+        pnl=None if pnl is None else _cents(pnl, trade.quantity),
         profit_fraction=None if decision is None else decision.profit_fraction,
         loss_fraction=None if decision is None else decision.loss_fraction,
         stop_loss_limit=stop,
         profit_target_pnl=target,
-        to_stop=None if stop is None or pnl is None else dollars(stop + pnl, trade.quantity),
-        to_target=None if target is None or pnl is None else dollars(target - pnl, trade.quantity),
+        to_stop=None if stop is None or pnl is None else _cents(stop + pnl, trade.quantity),
+        to_target=None if target is None or pnl is None else _cents(target - pnl, trade.quantity),
         quote_age_seconds=age,
         quote_stale=plan is not None and age is not None and age > plan.max_quote_age_seconds,
         exit_in_flight=trade.status == "CLOSING" or trade.order is not None,
@@ -267,8 +273,8 @@ def _money(value: Decimal | None, *, signed: bool) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    if seconds < 10:
-        return f"{math.floor(seconds * 10) / 10:.1f}s"
+    if seconds < 9.95:  # what would round to 10.0s is shown as 10s
+        return f"{seconds:.1f}s"
     for size, unit in ((86_400, "d"), (3_600, "h"), (60, "m")):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
@@ -321,57 +327,57 @@ def _exit_line(view: TradeView) -> str | None:
 
 
 _HEADERS: Final = (
-    "ID", "SYMBOL", "STRATEGY", "QTY", "ENTRY", "MARK", "P&L $", "TO STOP $", "TO TARGET $",
-    "QUOTE", "AS OF", "MANAGED",
+    "ID", "SPREAD", "QTY", "ENTRY", "MARK", "P&L $", "TO STOP", "TO TARGET", "QUOTE", "AS OF",
+    "MANAGED",
 )  # fmt: skip
-_LEFT: Final = frozenset({"SYMBOL", "STRATEGY", "AS OF", "MANAGED", "ACCOUNT"})
+_LEFT: Final = frozenset({"SPREAD", "AS OF", "MANAGED"})
+
+_Cell = tuple[str, str | None]  # text and colour
 
 
-def _cells(view: TradeView, taken_at: dt.datetime, tz: dt.tzinfo | None) -> list[str]:
+def _cells(view: TradeView, taken_at: dt.datetime, tz: dt.tzinfo | None) -> list[_Cell]:
+    """One row, in :data:`_HEADERS` order. Red: a loss, or the stop reached; green: a profit,
+    or the target reached; yellow: a stale quote; dim: a trade spreadwatch does not manage."""
     quantity = str(view.quantity)
     if view.quantity != view.opening_quantity:
         quantity += f"/{view.opening_quantity}"
-    return [
-        str(view.trade_id),
-        view.underlying,
-        _strategy(view.strategy),
-        quantity,
-        _price(view.entry_price),
-        _price(view.mark),
-        _money(view.pnl, signed=True),
-        _money(view.to_stop, signed=False),
-        _money(view.to_target, signed=False),
-        _duration(view.quote_age_seconds),
-        _as_of(view.as_of, taken_at, tz),
-        "yes" if view.managed else "no",
-    ]
-
-
-def _cell_colors(view: TradeView) -> list[str | None]:
-    """Red: a loss, or the stop reached; green: a profit, or the target reached; yellow: a
-    stale quote; dim: a trade spreadwatch does not manage."""
     pnl_color = None if not view.pnl else (_GREEN if view.pnl > 0 else _RED)
-    stop_color = _RED if view.to_stop is not None and view.to_stop <= 0 else None
-    target_color = _GREEN if view.to_target is not None and view.to_target <= 0 else None
-    colors: list[str | None] = [None] * len(_HEADERS)
-    colors[6], colors[7], colors[8] = pnl_color, stop_color, target_color
-    colors[9] = _YELLOW if view.quote_stale else None
-    colors[11] = None if view.managed else _DIM
-    return colors
-
-
-def _align(cells: Sequence[str], headers: Sequence[str], widths: Sequence[int]) -> list[str]:
+    stop_reached = view.to_stop is not None and view.to_stop <= 0
+    target_reached = view.to_target is not None and view.to_target <= 0
     return [
-        cell.ljust(width) if header in _LEFT else cell.rjust(width)
-        for cell, header, width in zip(cells, headers, widths, strict=True)
+        (str(view.trade_id), None),
+        (f"{view.underlying} {_strategy(view.strategy)}", None),
+        (quantity, None),
+        (_price(view.entry_price), None),
+        (_price(view.mark), None),
+        (_money(view.pnl, signed=True), pnl_color),
+        (_money(view.to_stop, signed=False), _RED if stop_reached else None),
+        (_money(view.to_target, signed=False), _GREEN if target_reached else None),
+        (_duration(view.quote_age_seconds), _YELLOW if view.quote_stale else None),
+        (_as_of(view.as_of, taken_at, tz), None),
+        ("yes" if view.managed else "no", None if view.managed else _DIM),
     ]
+
+
+def _line(
+    cells: Sequence[_Cell], headers: Sequence[str], widths: Sequence[int], color: bool
+) -> str:
+    texts = [
+        text.ljust(width) if header in _LEFT else text.rjust(width)
+        for (text, _), header, width in zip(cells, headers, widths, strict=True)
+    ]
+    texts[-1] = texts[-1].rstrip()  # no trailing blanks
+    return "  ".join(
+        _paint(text, code, color) for text, (_, code) in zip(texts, cells, strict=True)
+    )
 
 
 def _title(document: StatusDocument, tz: dt.tzinfo | None) -> str:
     where = "" if document.account_id is None else f" in {document.account_id}"
     count = len(document.trades)
     what = "no open trades" if not count else f"{count} open trade{'s' if count > 1 else ''}"
-    return f"{what}{where} at {document.taken_at.astimezone(tz):%Y-%m-%d %H:%M:%S %Z}"
+    title = f"{what}{where} at {document.taken_at.astimezone(tz):%Y-%m-%d %H:%M:%S %Z}"
+    return title + ("; P&L and distances to stop and target in $" if count else "")
 
 
 def render_table(
@@ -381,21 +387,21 @@ def render_table(
     title = _title(document, tz)
     if not document.trades:
         return title
+    # Several accounts (none asked for): each account's trades under a line naming it.
     many_accounts = len({view.account_id for view in document.trades}) > 1
-    headers = [*(("ACCOUNT",) if many_accounts else ()), *_HEADERS]
-    rows = [
-        [*((view.account_id,) if many_accounts else ()), *_cells(view, document.taken_at, tz)]
-        for view in document.trades
-    ]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    rows = [_cells(view, document.taken_at, tz) for view in document.trades]
+    widths = [max(len(h), *(len(row[i][0]) for row in rows)) for i, h in enumerate(_HEADERS)]
     indent = " " * (widths[0] + 2)
-    lines = [_paint(title, _BOLD, color), "  ".join(_align(headers, headers, widths)).rstrip()]
+    lines = [
+        _paint(title, _BOLD, color),
+        _line([(h, None) for h in _HEADERS], _HEADERS, widths, color),
+    ]
+    account = None
     for view, row in zip(document.trades, rows, strict=True):
-        colors = [*((None,) if many_accounts else ()), *_cell_colors(view)]
-        cells = _align(row, headers, widths)
-        lines.append(
-            "  ".join(_paint(c, code, color) for c, code in zip(cells, colors, strict=True))
-        )
+        if many_accounts and view.account_id != account:
+            account = view.account_id
+            lines.append(_paint(f"account {account}", _BOLD, color))
+        lines.append(_line(row, _HEADERS, widths, color))
         lines.append(_paint(f"{indent}legs  {_legs_line(view)}", _DIM, color))
         exit_line = _exit_line(view)
         if exit_line is not None:
