@@ -24,7 +24,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import msgspec
 import trio
@@ -62,7 +62,7 @@ from engine.messages import (
 from engine.ratelimit import TokenBucket
 from storage.orders import AppliedRead, PgOrderStore, StoredOrder
 
-__all__ = ["Follower", "FollowerContext", "RouterSettings", "priority_for"]
+__all__ = ["Follower", "FollowerContext", "OrderObserver", "RouterSettings", "priority_for"]
 
 T = TypeVar("T")
 
@@ -105,6 +105,12 @@ class RouterSettings(msgspec.Struct, frozen=True, kw_only=True):
     time_scale: float = 1.0  # market seconds per trio second (a simulator at speed N: N)
 
 
+class OrderObserver(Protocol):
+    """Times exit orders (``engine.metrics.EngineMetrics`` fits)."""
+
+    def order_sent(self, decision_age: float) -> None: ...
+
+
 @dataclass
 class FollowerContext:
     """What every follower shares with the router. Only the router's tasks and the followers
@@ -120,6 +126,7 @@ class FollowerContext:
     settings: RouterSettings
     nursery: trio.Nursery
     halted: bool = False
+    observer: OrderObserver | None = None
     followers: dict[int, Follower] = field(default_factory=dict)  # by trade_id
     followers_by_client: dict[str, Follower] = field(default_factory=dict)
     followers_by_broker: dict[str, Follower] = field(default_factory=dict)
@@ -188,8 +195,10 @@ class Follower:
         step_seconds: float,
         priority: int,
         resumed_read: BrokerOrder | None = None,
+        decided_at: dt.datetime | None = None,
     ) -> None:
         self.ctx = ctx
+        self.decided_at = decided_at  # the watcher's decision, market time (None: resumed)
         self.order = order
         self.intent_id = intent_id
         self.exit_order = exit_order
@@ -298,11 +307,20 @@ class Follower:
         if self.ctx.halted:  # halted while this order waited for its turn: it never leaves
             await self.end_unsent("CANCELLED", "halted before it was sent")
             return False
+        if self.decided_at is not None and self.ctx.observer is not None:
+            # Market seconds since the decision, in trio seconds (a simulator runs faster).
+            age = (self.ctx.clock.now() - self.decided_at).total_seconds()
+            self.ctx.observer.order_sent(age / self.ctx.settings.time_scale)
         try:
-            with trio.fail_after(self.ctx.settings.submit_timeout):
-                broker_id = await self.ctx.broker.submit_order(
-                    exit_order, client_order_id=order.client_order_id
-                )
+            # Once the request leaves, its answer is recorded even if the engine is being
+            # stopped (SIGTERM): the next start then follows a known broker id instead of
+            # searching for a SUBMITTED order by its tag. Bounded by the submit timeout.
+            with trio.CancelScope(shield=True):
+                with trio.fail_after(self.ctx.settings.submit_timeout):
+                    broker_id = await self.ctx.broker.submit_order(
+                        exit_order, client_order_id=order.client_order_id
+                    )
+                await self.ctx.orders.mark_accepted(order.order_id, broker_id)
         except OrderRejected as exc:
             reasons = "; ".join(exc.reasons) or str(exc)
             await self.end_unsent("REJECTED", reasons)
@@ -319,11 +337,12 @@ class Follower:
                 return False
             broker_id = found.broker_order_id
             self._offered = found
+            await self.ctx.orders.mark_accepted(order.order_id, broker_id)
         await self._accepted(broker_id)
         return True
 
     async def _accepted(self, broker_id: str) -> None:
-        await self.ctx.orders.mark_accepted(self.order.order_id, broker_id)
+        """The broker's id is recorded (``mark_accepted``): follow the order from here."""
         # As mark_accepted did in the database: working, so the ladder walks before any read.
         status = "PENDING" if self.order.status in ("NEW", "SUBMITTED") else self.order.status
         self.order = msgspec.structs.replace(self.order, broker_order_id=broker_id, status=status)
@@ -361,6 +380,7 @@ class Follower:
 
     async def _apply(self, read: BrokerOrder) -> None:
         if self.order.broker_order_id is None and read.broker_order_id:
+            await self.ctx.orders.mark_accepted(self.order.order_id, read.broker_order_id)
             await self._accepted(read.broker_order_id)
         applied = await self.ctx.orders.apply_read(self.order.order_id, read)
         await self._report(applied)

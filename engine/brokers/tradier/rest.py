@@ -125,6 +125,12 @@ class TradierRest:
 
     # -- account ------------------------------------------------------------------------------
 
+    async def get_profile_accounts(self) -> tuple[str, ...]:
+        """The account numbers this token may trade (``/user/profile``)."""
+        return wire.decode_profile_accounts(
+            await self._request("GET", "/user/profile", what="user profile")
+        )
+
     async def get_positions(self) -> list[wire.Position]:
         path = f"/accounts/{self.account_id}/positions"
         return wire.decode_positions(await self._request("GET", path, what="positions"))

@@ -422,3 +422,18 @@ def decode_clock(data: bytes) -> ClockAnswer:
     if not isinstance(body.get("clock"), dict):
         raise BrokerAnswerInvalid(f"clock: no 'clock' object in answer {data[:120]!r}")
     return _convert(body["clock"], ClockAnswer, "clock")
+
+
+def decode_profile_accounts(data: bytes) -> tuple[str, ...]:
+    """The account numbers of ``/user/profile``: ``profile.account`` is one object for one
+    account and a list for several (the usual Tradier collapse)."""
+    body = _body(data, "user profile")
+    profile = body.get("profile")
+    if not isinstance(profile, dict):
+        raise BrokerAnswerInvalid(f"user profile: no 'profile' object in answer {data[:120]!r}")
+    accounts = profile.get("account")
+    listed = accounts if isinstance(accounts, list) else [accounts] if accounts else []
+    numbers = [a.get("account_number") for a in listed if isinstance(a, dict)]
+    if not numbers or not all(isinstance(n, str) and n for n in numbers):
+        raise BrokerAnswerInvalid(f"user profile: no account numbers in answer {data[:120]!r}")
+    return tuple(str(n) for n in numbers)
