@@ -56,6 +56,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("halt", "engine.cli_control"),
     ("tail", "engine.cli_tail"),
     ("status", "engine.cli_status"),
+    ("health", "engine.cli_health"),
 )
 
 # flag -> (argparse dest, config key). These feed load_config's command-line layer.
