@@ -9,15 +9,19 @@ written again, and the rows already there are skipped.
 
 Two ways to write a batch, chosen per store (``method``):
 
-- ``"copy"`` (the default, the fast path): COPY the rows in binary into a session-local staging
-  table (``ON COMMIT DELETE ROWS``, created once per connection), then one
-  ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into the real table. COPY itself cannot skip
-  conflicts, hence the staging table.
+- ``"copy"`` (the default, the fast path): COPY the rows in binary straight into the table,
+  under a savepoint. COPY cannot skip conflicts, but a conflict only happens when a batch is
+  written again (a replay after a lost answer or a crash), which is rare: so the first attempt
+  assumes none. When the table's primary key refuses a row, the savepoint is rolled back and
+  the batch goes the careful way: COPY into a session-local staging table (``ON COMMIT DELETE
+  ROWS``, created once per connection), then one ``INSERT ... SELECT ... ON CONFLICT DO
+  NOTHING`` into the real table. Any other refusal (a check, a foreign key) is raised as it is.
 - ``"executemany"``: one pipelined ``INSERT ... ON CONFLICT DO NOTHING`` per row.
 
-Measured on the development machine (2 shared cores, embedded PostgreSQL 18, batches of 5,000
-decision records): ``copy`` about 3x the rows/s of ``executemany``; see the audit writer's
-report for figures. Both write the whole batch in the caller's transaction.
+Why straight in first: the staged path writes every row twice (the staging table, then the
+table) and sorts the batch by ``ctid``, which spills to disk past ``work_mem``; measured with
+the engine's own records (3 KB of JSON each; ``bench/audit_load.py``) it cost about a third of
+the server's time per batch. Both methods write the whole batch in the caller's transaction.
 
 The ``inputs`` column of ``decisions`` holds the whole record as JSON (the same encoding as
 :func:`engine.messages.encode`), so a decision can be replayed from the table alone; the other
@@ -40,6 +44,7 @@ from engine.messages import (
     QuoteSnapshot,
 )
 from storage.database import Connection, Database
+from storage.errors import IntegrityError
 
 __all__ = [
     "DECISION_COLUMNS",
@@ -90,6 +95,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "details",
 )
 
+_UNIQUE_VIOLATION = "23505"
 _DECISIONS_STAGE = "audit_stage_decisions"
 _EVENTS_STAGE = "audit_stage_events"
 
@@ -223,6 +229,14 @@ async def _write_rows(
         )
         await conn.executemany(insert_sql, rows)
         return len(rows) - present
+    try:
+        # A savepoint: a duplicate undoes this attempt only, not the caller's transaction.
+        async with conn.transaction():
+            await conn.copy_records_to_table(table, records=rows, columns=list(columns))
+        return len(rows)
+    except IntegrityError as exc:
+        if exc.sqlstate != _UNIQUE_VIOLATION or exc.constraint_name != f"{table}_pkey":
+            raise
     await conn.execute(_stage_ddl(stage, table, columns))
     await conn.copy_records_to_table(stage, records=rows, columns=list(columns))
     status = await conn.execute(from_stage_sql)
