@@ -4,7 +4,7 @@ Not a test: a measurement. The simulator runs in a child process (so client and 
 a core), the client subscribes to every option of a wide chain with ``linebreak: true`` and
 ``filter: ["quote"]``, decodes every event and counts quotes for a fixed real-time window.
 
-    .venv/bin/python -m bench.sim_stream [--seconds 10]
+    .venv/bin/python -m bench.sim_stream [--size full|tiny]   (10 s or 1 s)
 
 Prints events/s and writes ``bench/results/sim_stream.json``.
 """
@@ -25,7 +25,7 @@ import msgspec
 import trio
 from trio_websocket import open_websocket_url
 
-__all__ = ["BENCH_SCENARIO", "main", "measure"]
+__all__ = ["BENCH_SCENARIO", "SIZES", "main", "measure", "run"]
 
 # A volatile underlying moving every tick, 4 expirations x 301 strikes x 2 rights = 2408 options,
 # 50 model ticks per second, no per-symbol rate cap.
@@ -115,21 +115,31 @@ async def measure(base_url: str, token: str, seconds: float, warmup: float) -> d
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--warmup", type=float, default=2.0)
-    args = parser.parse_args()
+SIZES = {"full": (10.0, 2.0), "tiny": (1.0, 0.5)}  # (seconds measured, warm-up seconds)
+
+
+def run(*, size: str = "full", seed: int = 1) -> dict[str, Any]:
+    """Serve the bench scenario in a child process and measure ``size``'s window (``seed`` is
+    the scenario's own; the runner's uniform signature)."""
+    seconds, warmup = SIZES[size]
     queue: Any = multiprocessing.get_context("spawn").Queue()
     server = multiprocessing.get_context("spawn").Process(target=_serve, args=(queue,),
                                                           daemon=True)
     server.start()
     try:
         base_url, token = queue.get(timeout=30)
-        result = trio.run(measure, base_url, token, args.seconds, args.warmup)
+        result: dict[str, Any] = trio.run(measure, base_url, token, seconds, warmup)
     finally:
         server.terminate()
         server.join(5)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    args = parser.parse_args()
+    result = run(size=args.size)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"sim_stream: {result['events_per_second']} quote events/s to one connection "
