@@ -39,7 +39,13 @@ from typing import Protocol, assert_never
 
 import trio
 
-from actors.order_follower import Follower, FollowerContext, RouterSettings, priority_for
+from actors.order_follower import (
+    Follower,
+    FollowerContext,
+    OrderObserver,
+    RouterSettings,
+    priority_for,
+)
 from actors.position_watcher import AuditSubmit
 from engine.brokers import BrokerOrder, BrokerPosition, OrderBroker
 from engine.calendar import MarketCalendar
@@ -102,12 +108,13 @@ async def run(
     settings: RouterSettings | None = None,
     control: trio.MemoryReceiveChannel[Halt | Resume] | None = None,
     calendar: MarketCalendar | None = None,
+    observer: OrderObserver | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Route exits until cancelled; ``audit`` takes engine events. ``control`` carries the
     operator's Halt and Resume on a channel of their own, served by a task of its own: a halt
-    never waits behind a queue of intents. ``calendar``: exits are declined outside the New
-    York session (None: the market is always open)."""
+    never waits behind a queue of intents. ``observer`` times decision -> order request.
+    ``calendar``: exits are declined outside the New York session (None: always open)."""
     settings = settings or RouterSettings()
     async with trio.open_nursery() as nursery:
         ctx = FollowerContext(
@@ -120,6 +127,7 @@ async def run(
             clock=clock,
             settings=settings,
             nursery=nursery,
+            observer=observer,
         )
         router = _Router(ctx, trades, calendar)
         with inbox:
@@ -278,6 +286,7 @@ class _Router:
             ladder=ladder,
             step_seconds=float(plan.order_step_seconds),
             priority=priority_for(intent.rule),
+            decided_at=intent.decided_at,
         )
         self.ctx.start(follower)
         self.log.info(

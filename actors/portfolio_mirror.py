@@ -25,7 +25,7 @@ this actor and must be running to receive the first announcements.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any, Protocol, assert_never
 
@@ -135,10 +135,12 @@ async def run(
     config: MirrorConfig,
     clock: MarketClock | None = None,
     positions_timeout: float = 30.0,
+    on_positions_read: Callable[[float], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mirror ``account_id`` until cancelled. ``config`` is ``engine.config.EngineConfig``;
-    ``clock`` stamps the ``at`` of messages and records (the wall clock by default)."""
+    ``clock`` stamps the ``at`` of messages and records (the wall clock by default);
+    ``on_positions_read(trio_time)`` hears of every successful positions read (readiness)."""
     mirror = _Mirror(
         broker=broker,
         store=store,
@@ -149,6 +151,7 @@ async def run(
         clock=clock or SystemMarketClock(),
         positions_timeout=positions_timeout,
     )
+    mirror.on_positions_read = on_positions_read
     with outbox, inbox:
         task_status.started()
         reasons = ["start"]
@@ -202,10 +205,13 @@ class _Mirror:
         self.positions_timeout = positions_timeout
         self.state = MirrorState()
         self.log: Logger = get_logger(ACTOR).bind(account_id=account_id)
+        self.on_positions_read: Callable[[float], None] | None = None
 
     async def refresh(self, reasons: list[str]) -> None:
         trades = await self.store.load_open_trades(self.account_id)
         positions = await self._read_positions()
+        if positions is not None and self.on_positions_read is not None:
+            self.on_positions_read(trio.current_time())
         self.state, actions = reconcile(positions, trades, self.state, self.config)
         at = self.clock.now()
         for action in actions:

@@ -58,6 +58,7 @@ from engine.calendar import MarketCalendar
 from engine.clock import MarketClock, SystemMarketClock
 from engine.config import Config
 from engine.errors import ConfigError
+from engine.http import Endpoint, ReadinessLimits, listening, make_app, serve
 from engine.log import Level, get_logger
 from engine.messages import (
     CloseTradeNow,
@@ -72,6 +73,7 @@ from engine.messages import (
     TradeSnapshot,
     WantSymbols,
 )
+from engine.metrics import EngineMetrics
 from engine.supervisor import ChildSpec, Supervisor
 from storage import Database
 from storage.audit import DatabaseAuditStore
@@ -94,6 +96,8 @@ class EngineHandle:
     supervisor: Supervisor
     refresh: trio.MemorySendChannel[RefreshPositions]
     commands: trio.MemorySendChannel[RouterCommand]
+    metrics: EngineMetrics
+    http_port: int | None = None  # the endpoint's real port (None: http.enabled is false)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -150,7 +154,13 @@ async def run_engine(
                 account_id=account_id, positions=await tradier.get_positions(), clock=clock.now
             )
             order_broker = paper
-        with AuditSink(journal_path=journal_path(config)) as sink:
+        with (
+            # First: a port already taken ends startup before anything else is opened.
+            listening(config.http) as listener,
+            AuditSink(journal_path=journal_path(config)) as sink,
+        ):
+            metrics = EngineMetrics()
+            metrics.observe(feed=fanout, audit=sink)
             audit_spec = ChildSpec(
                 "audit_writer",
                 functools.partial(audit_writer.run, sink=sink, store=DatabaseAuditStore(db)),
@@ -180,6 +190,7 @@ async def run_engine(
                             account_id,
                             config,
                             clock,
+                            metrics,
                         ),
                     ),
                     ChildSpec(
@@ -195,6 +206,7 @@ async def run_engine(
                             intents=None if dry_run else commands_send,
                             router_events=events_recv,
                             closes=closes_recv,
+                            metrics=metrics,
                             calendar=calendar,
                         ),
                     ),
@@ -202,7 +214,7 @@ async def run_engine(
                 name="tracking",
                 intensity=0,
                 period=1.0,
-                on_event=_supervisor_event,
+                on_event=functools.partial(_supervisor_event, metrics),
             )
             children = [audit_spec, quotes_spec]
             if paper is not None:
@@ -232,6 +244,7 @@ async def run_engine(
                         standard_limit=max(1, broker.read_rate_limit - 10),
                     ),
                     halts_recv,
+                    observer=metrics,
                     calendar=calendar,
                 )
                 children.append(ChildSpec("order_router", router))
@@ -243,12 +256,27 @@ async def run_engine(
                     ),
                 )
             )
+            if listener is not None:
+                endpoint = Endpoint(
+                    db=db,
+                    account_id=account_id,
+                    feed=fanout,
+                    # The root is made just below; the endpoint reads it only once it runs.
+                    supervisor=lambda: root.statistics(),
+                    metrics=metrics,
+                    limits=ReadinessLimits(
+                        positions_max_age=3 * config.engine.positions_refresh_seconds
+                    ),
+                )
+                children.append(
+                    ChildSpec("http", functools.partial(serve, listener, make_app(endpoint)))
+                )
             root = Supervisor(
                 children,
                 name="engine",
                 intensity=5,
                 period=60.0,
-                on_event=_supervisor_event,
+                on_event=functools.partial(_supervisor_event, metrics),
             )
             _log.info(
                 "engine.starting",
@@ -264,6 +292,8 @@ async def run_engine(
                 supervisor=root,
                 refresh=refresh_send,
                 commands=commands_send,
+                metrics=metrics,
+                http_port=None if listener is None else listener.getsockname()[1],
             )
             # Escalations leave the nursery as an exception group: callers use except*.
             async with trio.open_nursery() as nursery:
@@ -271,7 +301,8 @@ async def run_engine(
                 task_status.started(handle)
 
 
-def _supervisor_event(event: str, fields: dict[str, object]) -> None:
+def _supervisor_event(metrics: EngineMetrics, event: str, fields: dict[str, object]) -> None:
+    metrics.supervisor_event(event, fields)
     level: Level = "error" if event.endswith(("crashed", "escalated")) else "info"
     _log.log(level, event, **fields)
 
@@ -330,6 +361,7 @@ async def _router_child(
     settings: RouterSettings,
     halts: trio.MemoryReceiveChannel[Halt | Resume],
     *,
+    observer: EngineMetrics,
     calendar: MarketCalendar,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -351,6 +383,7 @@ async def _router_child(
             clock=clock,
             settings=settings,
             control=control,
+            observer=observer,
             calendar=calendar,
             task_status=task_status,
         )
@@ -394,6 +427,7 @@ def _mirror_child(
     account_id: str,
     config: Config,
     clock: MarketClock,
+    metrics: EngineMetrics,
 ) -> Callable[..., Awaitable[None]]:
     async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with refresh.clone() as inbox, link.open() as send:
@@ -406,6 +440,7 @@ def _mirror_child(
                 account_id=account_id,
                 config=config.engine,
                 clock=clock,
+                on_positions_read=metrics.positions_read,
                 task_status=task_status,
             )
 
@@ -424,6 +459,7 @@ def _pool_child(
     intents: trio.MemorySendChannel[RouterCommand] | None,
     router_events: trio.MemoryReceiveChannel[RouterEvent],
     closes: trio.MemoryReceiveChannel[CloseTradeNow],
+    metrics: EngineMetrics,
     calendar: MarketCalendar,
 ) -> Callable[..., Awaitable[None]]:
     speed = getattr(clock, "speed", 1.0)  # market seconds per trio second
@@ -442,6 +478,7 @@ def _pool_child(
             store=store,
             market_clock=clock,
             settings=settings,
+            observer=metrics,
         )
 
     async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -458,6 +495,7 @@ def _pool_child(
                 subscriptions=subs,
                 fanout=fanout,
                 runner=watch,
+                on_statistics=metrics.observe_pool,
                 task_status=task_status,
             )
 

@@ -55,7 +55,10 @@ def engine_config_for(config: Config, handle: SimHandle, *, dry_run: bool) -> Co
         account_id=handle.account_id,
     )
     engine = msgspec.structs.replace(config.engine, dry_run=dry_run or config.engine.dry_run)
-    return msgspec.structs.replace(config, broker=broker, engine=engine)
+    # A run beside its simulator takes any free port (logged as http.listening): runs and tests
+    # side by side, or a real engine on 8787, never collide.
+    http = msgspec.structs.replace(config.http, port=0)
+    return msgspec.structs.replace(config, broker=broker, engine=engine, http=http)
 
 
 async def seed_trades(db: Database, scenario: Scenario, *, opened_at: dt.datetime) -> list[int]:
