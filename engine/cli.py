@@ -55,6 +55,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("scenario", "engine.cli_scenario"),
     ("halt", "engine.cli_control"),
     ("tail", "engine.cli_tail"),
+    ("bench", "engine.cli_bench"),
     ("status", "engine.cli_status"),
     ("health", "engine.cli_health"),
 )
