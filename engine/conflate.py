@@ -39,11 +39,13 @@ class ConflatingMailbox(Generic[K, V]):
     ``get_batch`` at a time.
     """
 
-    __slots__ = ("_closed", "_conflated", "_delivered", "_lot", "_pending", "_put")
+    __slots__ = ("_closed", "_conflated", "_delivered", "_pending", "_put", "_waiter")
 
     def __init__(self) -> None:
         self._pending: dict[K, V] = {}
-        self._lot = trio.lowlevel.ParkingLot()
+        # The consumer while it sleeps in get_batch. One waiter, woken by rescheduling it
+        # directly: a ParkingLot's general machinery cost more than the rest of a put.
+        self._waiter: trio.lowlevel.Task | None = None
         self._closed = False
         self._put = 0
         self._conflated = 0
@@ -57,29 +59,44 @@ class ConflatingMailbox(Generic[K, V]):
         self._put += 1
         if key in pending:
             self._conflated += 1
-        elif not pending:
-            # First value since the last batch: the consumer may be parked waiting for it.
-            self._lot.unpark_all()
         pending[key] = value
+        if self._waiter is not None:
+            self._wake()
 
     async def get_batch(self) -> dict[K, V]:
         """Wait until something is pending, then return all of it (newest per key).
 
         Raises ``trio.EndOfChannel`` once closed and drained.
         """
-        await trio.lowlevel.checkpoint()
-        while not self._pending:
-            if self._closed:
-                raise trio.EndOfChannel
-            await self._lot.park()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._pending:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        elif not self._closed:
+            # Sleeping is the schedule point: no second trip through the scheduler first.
+            if self._waiter is not None:
+                raise trio.BusyResourceError("another task is already taking batches")
+            self._waiter = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+        if not self._pending:
+            raise trio.EndOfChannel  # woken by close() with nothing left
         batch, self._pending = self._pending, {}
         self._delivered += 1
         return batch
 
+    def _abort_wait(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
+
     def close(self) -> None:
         """No more puts; the consumer drains what is pending, then gets EndOfChannel."""
         self._closed = True
-        self._lot.unpark_all()
+        self._wake()
 
     @property
     def closed(self) -> bool:

@@ -74,3 +74,46 @@ async def test_get_batch_is_a_cancellation_point() -> None:
         await box.get_batch()
     assert scope.cancelled_caught
     assert box.statistics().pending == 1  # nothing was taken by the cancelled call
+
+
+async def test_close_wakes_a_waiting_consumer() -> None:
+    box: ConflatingMailbox[str, int] = ConflatingMailbox()
+    ended = trio.Event()
+
+    async def consumer() -> None:
+        with pytest.raises(trio.EndOfChannel):
+            await box.get_batch()
+        ended.set()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer)
+            await trio.testing.wait_all_tasks_blocked()
+            box.close()
+    assert ended.is_set()
+
+
+async def test_a_consumer_cancelled_while_waiting_can_wait_again(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    box: ConflatingMailbox[str, int] = ConflatingMailbox()
+    with trio.move_on_after(1) as waited:
+        await box.get_batch()
+    assert waited.cancelled_caught
+    box.put("X", 1)
+    assert await box.get_batch() == {"X": 1}
+    with trio.move_on_after(1):
+        await box.get_batch()
+    box.put("Y", 2)  # a put after an abandoned wait wakes nobody and is kept
+    assert await box.get_batch() == {"Y": 2}
+
+
+async def test_a_second_consumer_is_refused() -> None:
+    box: ConflatingMailbox[str, int] = ConflatingMailbox()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(box.get_batch)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await box.get_batch()
+            box.put("X", 1)
