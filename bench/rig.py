@@ -609,6 +609,8 @@ def _engine_config(started: _Started, run_dir: pathlib.Path) -> Config:
         # The engine never opens this directory (it is given the database); the audit journal
         # lives beside it, one per rig so no run replays another's records.
         database=msgspec.structs.replace(config.database, data_dir=journal_dir / "pgdata"),
+        # Any free port: the default (8787) is taken by whatever else runs an engine here.
+        http=msgspec.structs.replace(config.http, port=0),
     )
 
 
