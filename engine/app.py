@@ -57,7 +57,6 @@ from engine.brokers.tradier.stream import open_market_socket
 from engine.calendar import MarketCalendar
 from engine.clock import MarketClock, SystemMarketClock
 from engine.config import Config
-from engine.errors import ConfigError
 from engine.http import Endpoint, ReadinessLimits, listening, make_app, serve
 from engine.log import Level, get_logger
 from engine.messages import (
@@ -74,6 +73,7 @@ from engine.messages import (
     WantSymbols,
 )
 from engine.metrics import EngineMetrics
+from engine.preflight import require_credentials
 from engine.supervisor import ChildSpec, Supervisor
 from storage import Database
 from storage.audit import DatabaseAuditStore
@@ -106,12 +106,6 @@ def journal_path(config: Config) -> pathlib.Path:
     return config.database.data_dir.parent / "audit-journal.jsonl"
 
 
-def _require(value: str | None, what: str, env: str) -> str:
-    if not value:
-        raise ConfigError(f"{what} is not set: set {env} (or the config file's broker section)")
-    return value
-
-
 async def run_engine(
     config: Config,
     *,
@@ -121,10 +115,7 @@ async def run_engine(
 ) -> None:
     """Run the engine on ``db`` (migrated) until cancelled or the root supervisor escalates."""
     broker = config.broker
-    token = _require(
-        broker.token.reveal() if broker.token else None, "broker token", "TRADIER_TOKEN"
-    )
-    account_id = _require(broker.account_id, "broker account id", "TRADIER_ACCOUNT_ID")
+    token, account_id = require_credentials(config)
     clock = market_clock or SystemMarketClock()
     # Loaded once (pandas, a fraction of a second: off the event loop); plain data after.
     calendar = await trio.to_thread.run_sync(MarketCalendar.load, clock.now())
@@ -267,6 +258,7 @@ async def run_engine(
                     limits=ReadinessLimits(
                         positions_max_age=3 * config.engine.positions_refresh_seconds
                     ),
+                    market_open=lambda: calendar.is_open(clock.now()),
                 )
                 children.append(
                     ChildSpec("http", functools.partial(serve, listener, make_app(endpoint)))

@@ -198,11 +198,13 @@ def assess(
     quote_age: float | None,
     positions_age: float | None,
     limits: ReadinessLimits,
+    market_open: bool = True,
 ) -> Readiness:
-    """Readiness from what was observed (see the module docstring)."""
+    """Readiness from what was observed (see the module docstring). Outside the New York
+    session (``market_open`` false) a quiet feed is expected: only its connection counts."""
     checks = {
         "database": _database_check(database),
-        "feed": _feed_check(feed, subscribed, quote_age, limits.feed_max_age),
+        "feed": _feed_check(feed, subscribed, quote_age, limits.feed_max_age, market_open),
         "positions": _positions_check(positions_age, limits.positions_max_age),
         "halted": _halt_check(database),
     }
@@ -217,12 +219,18 @@ def _database_check(probe: DatabaseProbe) -> Check:
 
 
 def _feed_check(
-    feed: FeedStatusChanged, subscribed: int, quote_age: float | None, max_age: float
+    feed: FeedStatusChanged,
+    subscribed: int,
+    quote_age: float | None,
+    max_age: float,
+    market_open: bool = True,
 ) -> Check:
     if feed.state not in _FLOWING:
         return Check(False, f"{feed.state.value}: {feed.reason}")
     if subscribed == 0:
         return Check(True, f"{feed.state.value}, no symbols subscribed")
+    if not market_open:
+        return Check(True, f"{feed.state.value}, market closed: no quotes expected")
     if quote_age is None:
         return Check(False, f"{feed.state.value}, no quote yet for {subscribed} symbols")
     if quote_age > max_age:
@@ -273,6 +281,7 @@ class Endpoint:
     supervisor: Callable[[], SupervisorStatistics]
     metrics: EngineMetrics
     limits: ReadinessLimits
+    market_open: Callable[[], bool] = lambda: True  # the calendar's verdict for market time now
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         return liveness(self.supervisor())
@@ -288,6 +297,7 @@ class Endpoint:
             quote_age=newest_quote_age(self.feed, now),
             positions_age=None if read_at is None else max(0.0, now - read_at),
             limits=self.limits,
+            market_open=self.market_open(),
         )
 
     async def metrics_text(self) -> bytes:

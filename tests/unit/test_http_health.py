@@ -100,6 +100,15 @@ def test_a_connected_feed_with_nothing_subscribed_is_ready_without_quotes() -> N
     assert _ready(feed=_feed(FeedState.POLLING, "polling")).ready
 
 
+def test_outside_the_session_a_quiet_feed_is_ready_but_a_dropped_one_is_not() -> None:
+    closed = _ready(quote_age=3600.0, market_open=False)
+    assert closed.ready and "market closed" in closed.checks["feed"].detail
+    assert _ready(quote_age=None, market_open=False).ready
+    dropped = _ready(feed=_feed(FeedState.DISCONNECTED, "socket closed"), market_open=False)
+    assert dropped.failing == ["feed"]
+    assert _ready(quote_age=3600.0).failing == ["feed"]  # in session, an hour is stale
+
+
 def test_liveness_needs_every_root_child_alive() -> None:
     def stats(*states: ChildState) -> SupervisorStatistics:
         children = tuple(ChildStatistics(f"c{i}", s, 0, None) for i, s in enumerate(states))
