@@ -38,7 +38,16 @@ from typing import Any, Final
 
 from bench.registry import BENCHMARKS, Benchmark, by_name, format_value
 
-__all__ = ["RESULTS_DIR", "add_arguments", "execute", "machine", "main", "run_all", "run_one"]
+__all__ = [
+    "RESULTS_DIR",
+    "add_arguments",
+    "execute",
+    "machine",
+    "main",
+    "one_line",
+    "run_all",
+    "run_one",
+]
 
 RESULTS_DIR: Final = pathlib.Path(__file__).parent / "results"
 SIZES: Final = ("full", "tiny")
@@ -126,6 +135,15 @@ def _git_commit() -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def one_line(exc: BaseException) -> str:
+    """Why a benchmark failed, in one line: the innermost error of nested exception groups
+    that each hold one (trio's nurseries wrap what their tasks raise)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
 def _child(module: str, size: str, seed: int, log_path: str, conn: Any) -> None:
     """In the benchmark's process: logs and stray output to the log file, the result (or one
     line saying why there is none) back through ``conn``."""
@@ -138,7 +156,7 @@ def _child(module: str, size: str, seed: int, log_path: str, conn: Any) -> None:
         try:
             result = importlib.import_module(module).run(size=size, seed=seed)
         except BaseException as exc:
-            conn.send(("failed", f"{type(exc).__name__}: {exc}".splitlines()[0]))
+            conn.send(("failed", one_line(exc)))
             raise
         conn.send(("ok", result))
 
