@@ -67,6 +67,7 @@ strategies and unmanaged trades always ``hold``.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ from engine.domain.guards import (
     underlying_guard_reasons,
 )
 from engine.domain.occ import OptionRight
-from engine.domain.pricing import Valuation, dollars, leg_mid, valuate
+from engine.domain.pricing import SpreadPricer, Valuation, dollars, leg_mid
 from engine.domain.strategy import Strategy, is_credit, is_debit
 from engine.domain.volatility import (
     bs_delta,
@@ -117,6 +118,7 @@ __all__ = [
     "Evaluation",
     "EvaluationInputs",
     "ExitAction",
+    "ExitEvaluator",
     "MarketSnapshot",
     "Metrics",
     "PersistedWatchState",
@@ -153,6 +155,7 @@ def replay(record: Mapping[str, Any]) -> Evaluation:
 class _Tick:
     """One evaluation's inputs and everything derived from them before the rules run."""
 
+    evaluator: ExitEvaluator  # the position's constants
     plan: ExitPlan
     position: PositionFacts
     state: WatchState
@@ -176,29 +179,104 @@ def evaluate(
     plan: ExitPlan, position: PositionFacts, state: WatchState, snapshot: MarketSnapshot
 ) -> Evaluation:
     """Decide whether to exit now. Pure: the same inputs always give the same evaluation."""
-    inputs = EvaluationInputs(plan=plan, position=position, state=state, snapshot=snapshot)
-    if len(snapshot.legs) != len(position.spread.legs):
-        raise ValueError(f"{len(snapshot.legs)} quotes for {len(position.spread.legs)} legs")
-    strategy = position.strategy
-    if not (is_credit(strategy) or is_debit(strategy)):
-        return _hold(inputs, ("custom_strategy",))
-    if not position.managed:
-        return _hold(inputs, ("unmanaged",))
-    missing = missing_quote_reasons(position.spread, snapshot.legs)
-    if missing:
-        return _hold(inputs, missing)
-    quotes = tuple(q for q in snapshot.legs if q is not None)
-    valuation = valuate(position.spread, position.entry_price, quotes)
-    assert valuation is not None, "no quote is missing, so there is a mark"
-    leg_reasons = leg_guard_reasons(plan, position.spread, quotes)
-    underlying_reasons = underlying_guard_reasons(plan, snapshot.underlying_age_seconds)
-    notes: list[str] = []
-    tick = _derive(inputs, quotes, valuation, not leg_reasons, not underlying_reasons, notes)
-    stop_fires, stop_state = _stop_loss(tick)
-    fired = tuple(
-        rule for rule in PRIORITY if (stop_fires if rule is Rule.STOP_LOSS else _RULES[rule](tick))
+    return ExitEvaluator(plan, position).evaluate(state, snapshot)
+
+
+_SWITCHES: Final[dict[Rule, str]] = {
+    Rule.UNDERLYING_BREACH: "underlying_breach_buffer",
+    Rule.UNDERLYING_MOVE: "underlying_move_fraction",
+    Rule.UNDERLYING_SPIKE: "underlying_spike_fraction",
+    Rule.SHORT_DELTA: "short_delta_max",
+    Rule.EXPIRATION_DAY: "dte_exit_days",
+    Rule.MAX_DAYS: "max_days_in_trade",
+    Rule.IV_CRUSH: "iv_crush_ratio",
+    Rule.TRAILING_PROFIT: "trailing_arm",
+    Rule.PROFIT_TARGET: "profit_target",
+    Rule.LOW_VALUE: "low_value_price",
+    Rule.SCALE_OUT: "scale_out_tiers",
+}
+"""The plan field that turns each rule on (None or no tiers: off, and the rule never fires,
+so an evaluator does not ask it). The stop is always asked: it also keeps its debounce."""
+
+
+class ExitEvaluator:
+    """:func:`evaluate` for one position under one plan, tick after tick: what does not change
+    between ticks is worked out once (prices' constants, the stop's limit, the plan's
+    thresholds, the rules the plan turns on, the day the trade opened). A watcher keeps one per
+    trade and makes a new one when the trade changes."""
+
+    __slots__ = (
+        "_auto_exited",
+        "_opened_day",
+        "_plan_values",
+        "_pricer",
+        "_rules",
+        "plan",
+        "position",
+        "stop_limit",
     )
-    return _decide(tick, fired, leg_reasons, underlying_reasons, stop_state, tuple(notes))
+
+    def __init__(self, plan: ExitPlan, position: PositionFacts) -> None:
+        self.plan = plan
+        self.position = position
+        strategy = position.strategy
+        self._auto_exited = is_credit(strategy) or is_debit(strategy)
+        self._pricer = SpreadPricer(position.spread, position.entry_price)
+        self.stop_limit = stop_loss_limit(plan, position, self._pricer.max_loss)
+        self._rules = tuple(
+            rule
+            for rule in PRIORITY
+            if rule is Rule.STOP_LOSS or getattr(plan, _SWITCHES[rule]) not in (None, ())
+        )
+        self._plan_values = _plan_values(plan)
+        self._opened_day = position.opened_at.astimezone(_NEW_YORK).date()
+
+    def evaluate(
+        self, state: WatchState, snapshot: MarketSnapshot, *, lazy_model: bool = False
+    ) -> Evaluation:
+        """:func:`evaluate` with this evaluator's plan and position.
+
+        ``lazy_model``: run the volatility model (the short legs' IV and delta) only when this
+        tick's decision or new state can read it (see :func:`_model_decides`); otherwise the
+        metrics' ``short_iv`` and ``short_delta`` are None and the model's notes absent. The
+        decision, rules fired, quantity, tiers, guard reasons and new state are the same either
+        way. A watcher evaluates lazily on every tick and in full for what it records."""
+        plan, position = self.plan, self.position
+        inputs = EvaluationInputs(plan=plan, position=position, state=state, snapshot=snapshot)
+        if len(snapshot.legs) != len(position.spread.legs):
+            raise ValueError(f"{len(snapshot.legs)} quotes for {len(position.spread.legs)} legs")
+        if not self._auto_exited:
+            return _hold(inputs, ("custom_strategy",))
+        if not position.managed:
+            return _hold(inputs, ("unmanaged",))
+        missing = missing_quote_reasons(position.spread, snapshot.legs)
+        if missing:
+            return _hold(inputs, missing)
+        quotes = tuple(q for q in snapshot.legs if q is not None)
+        valuation = self._pricer.valuate(quotes)
+        assert valuation is not None, "no quote is missing, so there is a mark"
+        leg_reasons = leg_guard_reasons(plan, position.spread, quotes)
+        underlying_reasons = underlying_guard_reasons(plan, snapshot.underlying_age_seconds)
+        notes: list[str] = []
+        tick = _derive(
+            self,
+            inputs,
+            quotes,
+            valuation,
+            not leg_reasons,
+            not underlying_reasons,
+            notes,
+            lazy_model=lazy_model,
+        )
+        stop_fires, stop_state = _stop_loss(tick)
+        fired = tuple(
+            rule
+            for rule in self._rules
+            if (stop_fires if rule is Rule.STOP_LOSS else _RULES[rule](tick))
+        )
+        return _decide(
+            tick, inputs, fired, leg_reasons, underlying_reasons, stop_state, tuple(notes)
+        )
 
 
 def _hold(inputs: EvaluationInputs, notes: tuple[str, ...]) -> Evaluation:
@@ -220,12 +298,15 @@ def _hold(inputs: EvaluationInputs, notes: tuple[str, ...]) -> Evaluation:
 
 
 def _derive(
+    evaluator: ExitEvaluator,
     inputs: EvaluationInputs,
     quotes: tuple[TimedQuote, ...],
     valuation: Valuation,
     clean: bool,
     underlying_ok: bool,
     notes: list[str],
+    *,
+    lazy_model: bool,
 ) -> _Tick:
     plan, position, state, snapshot = inputs.plan, inputs.position, inputs.state, inputs.snapshot
     fraction = valuation.profit_fraction
@@ -235,14 +316,21 @@ def _derive(
     armed = state.trailing_armed or (
         plan.trailing_arm is not None and hwm is not None and hwm >= plan.trailing_arm
     )
-    short_iv, short_delta = _short_leg_model(plan, position, quotes, snapshot, notes)
+    underlying_fresh = underlying_ok and snapshot.underlying_price is not None
     entry_iv = state.entry_iv if position.entry_short_iv is None else position.entry_short_iv
+    short_iv, short_delta = (
+        _short_leg_model(plan, position, quotes, snapshot, notes)
+        if not lazy_model
+        or _model_decides(plan, position, state, entry_iv, fraction, clean and underlying_fresh)
+        else (None, None)
+    )
     entry_underlying = position.entry_underlying_price
     if entry_underlying is None:
         entry_underlying = state.entry_underlying_price
-    ny_now = snapshot.market_time.astimezone(_NEW_YORK)
+    ny_today = snapshot.market_time.astimezone(_NEW_YORK).date()
     expiration = position.spread.expiration
     return _Tick(
+        evaluator=evaluator,
         plan=plan,
         position=position,
         state=state,
@@ -250,15 +338,15 @@ def _derive(
         quotes=quotes,
         valuation=valuation,
         clean=clean,
-        underlying_fresh=underlying_ok and snapshot.underlying_price is not None,
+        underlying_fresh=underlying_fresh,
         high_water_mark=hwm,
         trailing_armed=armed,
         short_iv=short_iv,
         short_delta=short_delta,
         entry_iv=entry_iv,
         entry_underlying=entry_underlying,
-        days_to_expiration=None if expiration is None else (expiration - ny_now.date()).days,
-        days_in_trade=(ny_now.date() - position.opened_at.astimezone(_NEW_YORK).date()).days,
+        days_to_expiration=None if expiration is None else (expiration - ny_today).days,
+        days_in_trade=(ny_today - evaluator._opened_day).days,
         reached_tiers=tuple(
             index
             for index, tier in enumerate(plan.scale_out_tiers)
@@ -267,6 +355,28 @@ def _derive(
             and fraction >= tier.profit_fraction
         ),
     )
+
+
+def _model_decides(
+    plan: ExitPlan,
+    position: PositionFacts,
+    state: WatchState,
+    entry_iv: Decimal | None,
+    fraction: Decimal | None,
+    learns: bool,
+) -> bool:
+    """Whether the volatility model can change this tick's decision or new state: the delta
+    rule is on; or IV crush is on and either the entry IV is still to be captured (on a tick the
+    state ``learns`` from) or the profit has reached the crush's minimum, the one condition of
+    :func:`_iv_crush` that does not read the model. Solving an implied volatility is most of an
+    evaluation's cost, and most ticks of most trades need none."""
+    if plan.short_delta_max is not None:
+        return True
+    if plan.iv_crush_ratio is None:
+        return False
+    if learns and state.entry_iv is None and position.entry_short_iv is None:
+        return True
+    return entry_iv is not None and fraction is not None and fraction >= plan.iv_crush_min_profit
 
 
 def _short_leg_model(
@@ -332,7 +442,7 @@ def _stop_loss(tick: _Tick) -> tuple[bool, tuple[int, float | None]]:
     moves the debounce: a breach advances it, a clean tick back inside resets it."""
     state, plan = tick.state, tick.plan
     progress = (state.stop_breach_count, state.stop_first_breach_at)
-    limit = stop_loss_limit(plan, tick.position, tick.valuation.max_loss)
+    limit = tick.evaluator.stop_limit
     if limit is None:
         return False, (0, None)
     breached = -tick.valuation.pnl >= limit
@@ -480,6 +590,9 @@ _RULES = {
     Rule.SCALE_OUT: _scale_out,
 }
 assert set(_RULES) | {Rule.STOP_LOSS} == set(Rule)
+assert set(_SWITCHES) == set(_RULES), (
+    "every rule but the stop needs the plan field that turns it on"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,6 +602,7 @@ assert set(_RULES) | {Rule.STOP_LOSS} == set(Rule)
 
 def _decide(
     tick: _Tick,
+    inputs: EvaluationInputs,
     fired: tuple[Rule, ...],
     leg_reasons: tuple[str, ...],
     underlying_reasons: tuple[str, ...],
@@ -530,9 +644,7 @@ def _decide(
         notes=notes,
         new_state=_new_state(tick, stop_progress, tiers),
         rule_version=RULE_VERSION,
-        inputs=EvaluationInputs(
-            plan=tick.plan, position=tick.position, state=tick.state, snapshot=tick.snapshot
-        ),
+        inputs=inputs,
     )
 
 
@@ -554,9 +666,11 @@ def _new_state(
     samples = state.underlying_samples
     if tick.underlying_fresh and snapshot.underlying_price is not None:
         since = snapshot.monotonic - float(tick.plan.underlying_spike_seconds)
-        kept = [s for s in samples if s[0] >= since]
-        kept.append((snapshot.monotonic, snapshot.underlying_price))
-        samples = tuple(kept[-MAX_UNDERLYING_SAMPLES:])
+        # Samples are in time order, so the ones inside the window are a tail: find where it
+        # starts instead of testing every sample.
+        first = 0 if not samples or samples[0][0] >= since else _first_at(samples, since)
+        kept = samples[max(first, len(samples) + 1 - MAX_UNDERLYING_SAMPLES) :]
+        samples = (*kept, (snapshot.monotonic, snapshot.underlying_price))
     if not tick.clean:
         # Nothing learnt from a bad print: no high-water mark, no entry IV, no debounce step.
         return msgspec.structs.replace(state, underlying_samples=samples)
@@ -577,6 +691,10 @@ def _new_state(
         stop_first_breach_at=first_at,
         underlying_samples=samples,
     )
+
+
+def _first_at(samples: tuple[tuple[float, Decimal], ...], since: float) -> int:
+    return bisect.bisect_left(samples, since, key=lambda sample: sample[0])
 
 
 def _metrics(tick: _Tick) -> Metrics:
@@ -604,16 +722,20 @@ def _metrics(tick: _Tick) -> Metrics:
     )
 
 
-def _thresholds(tick: _Tick) -> dict[str, Any]:
-    """The plan values in force (rules that are off are left out) and the levels derived from
-    them for this position."""
-    plan = tick.plan
-    values: dict[str, Any] = {
+def _plan_values(plan: ExitPlan) -> dict[str, Any]:
+    """The plan values in force (rules that are off are left out)."""
+    return {
         name: value
         for name in plan.__struct_fields__
         if (value := getattr(plan, name)) is not None and value != ()
     }
-    values["stop_loss_limit"] = stop_loss_limit(plan, tick.position, tick.valuation.max_loss)
+
+
+def _thresholds(tick: _Tick) -> dict[str, Any]:
+    """The plan values in force and the levels derived from them for this position."""
+    plan = tick.plan
+    values = dict(tick.evaluator._plan_values)
+    values["stop_loss_limit"] = tick.evaluator.stop_limit
     if plan.trailing_arm is not None and tick.trailing_armed and tick.high_water_mark is not None:
         values["trailing_fire_at"] = tick.high_water_mark - plan.trailing_giveback
     return values

@@ -62,6 +62,7 @@ __all__ = [
     "CONTRACT_MULTIPLIER",
     "LegQuote",
     "QuoteLike",
+    "SpreadPricer",
     "Valuation",
     "close_price",
     "dollars",
@@ -240,24 +241,56 @@ def valuate(
 ) -> Valuation | None:
     """Mark, natural, P&L and fractions of one spread at these quotes; None without a mark.
     Raises ValueError for a custom spread (no direction)."""
-    value = mark(spread, quotes)
-    touch = natural_value(spread, quotes)
-    if value is None or touch is None:
-        return None
-    strategy = spread.strategy
-    at_mark = close_price(strategy, value)
-    at_touch = close_price(strategy, touch)
-    pnl = pnl_per_spread(strategy, entry_price, at_mark)
-    top, bottom = max_profit(spread, entry_price), max_loss(spread, entry_price)
-    return Valuation(
-        mark=value,
-        natural_value=touch,
-        mark_close_price=at_mark,
-        natural_close_price=at_touch,
-        pnl=pnl,
-        natural_pnl=pnl_per_spread(strategy, entry_price, at_touch),
-        max_profit=top,
-        max_loss=bottom,
-        profit_fraction=profit_fraction(pnl, top),
-        loss_fraction=loss_fraction(pnl, bottom),
-    )
+    return SpreadPricer(spread, entry_price).valuate(quotes)
+
+
+class SpreadPricer:
+    """:func:`valuate` for one spread opened at one entry price, many times: what does not
+    change from quote to quote (each leg's signed ratio, max profit and max loss) is worked out
+    once. The arithmetic is :func:`mark`'s and :func:`natural_value`'s, term for term, so the
+    results are the same Decimals."""
+
+    __slots__ = ("_credit", "_entry_price", "_legs", "_strategy", "max_loss", "max_profit")
+
+    def __init__(self, spread: Spread, entry_price: Decimal) -> None:
+        strategy = self._strategy = spread.strategy
+        self._credit = True if is_credit(strategy) else False if is_debit(strategy) else None
+        self._entry_price = entry_price
+        # Per leg: signed contracts per spread (the value's weight), and whether it is short
+        # (bought back at the ask at the natural, where a long is sold at the bid).
+        self._legs = tuple(
+            (leg.sign * (leg.quantity // spread.quantity), leg.is_short) for leg in spread.legs
+        )
+        self.max_profit = max_profit(spread, entry_price)
+        self.max_loss = max_loss(spread, entry_price)
+
+    def valuate(self, quotes: Sequence[QuoteLike | None]) -> Valuation | None:
+        if len(quotes) != len(self._legs):
+            raise ValueError(f"{len(quotes)} quotes for a spread of {len(self._legs)} legs")
+        value = touch = Decimal(0)
+        for (weight, short), quote in zip(self._legs, quotes, strict=True):
+            if quote is None:
+                return None
+            bid, ask = quote.bid, quote.ask
+            if bid is None or ask is None or bid < 0 or ask < 0:
+                return None  # no mid; and without a mid there is no mark to report
+            value += weight * ((bid + ask) / _TWO)
+            touch += weight * (ask if short else bid)
+        # Custom: the ValueError comes once there is a mark to give a direction to.
+        credit = _require_direction(self._strategy) if self._credit is None else self._credit
+        entry = self._entry_price
+        at_mark, at_touch = (-value, -touch) if credit else (value, touch)
+        pnl = entry - at_mark if credit else at_mark - entry
+        top, bottom = self.max_profit, self.max_loss
+        return Valuation(
+            mark=value,
+            natural_value=touch,
+            mark_close_price=at_mark,
+            natural_close_price=at_touch,
+            pnl=pnl,
+            natural_pnl=entry - at_touch if credit else at_touch - entry,
+            max_profit=top,
+            max_loss=bottom,
+            profit_fraction=profit_fraction(pnl, top),
+            loss_fraction=loss_fraction(pnl, bottom),
+        )

@@ -17,6 +17,7 @@ from engine.domain import (
     Side,
     Spread,
     Strategy,
+    Valuation,
     close_price,
     dollars,
     is_credit,
@@ -32,6 +33,7 @@ from engine.domain import (
     profit_fraction,
     valuate,
 )
+from engine.domain.pricing import SpreadPricer
 
 EXP = dt.date(2025, 6, 20)
 D = Decimal
@@ -229,6 +231,8 @@ class TestCustom:
             pnl_per_spread(Strategy.CUSTOM, D("1"), D("1"))
         with pytest.raises(ValueError):
             valuate(self.RATIO, D("1"), quotes)
+        # Without a mark there is nothing to give a direction to: no mark, no error.
+        assert valuate(self.RATIO, D("1"), [quotes[0], LegQuote(bid=None, ask=D("1"))]) is None
 
 
 def test_fractions_refuse_to_divide_by_nothing() -> None:
@@ -352,3 +356,34 @@ def test_credit_and_debit_signs(case: tuple[Spread, list[LegQuote]]) -> None:
 def test_dollars_is_per_spread_times_quantity_times_100(per_spread: Decimal, quantity: int) -> None:
     assert dollars(per_spread, quantity) == per_spread * quantity * 100
     assert dollars(per_spread, quantity) == dollars(per_spread * quantity, 1)
+
+
+@given(verticals(), st.data())
+def test_a_reused_pricer_values_exactly_as_the_functions_do(
+    case: tuple[Spread, list[LegQuote]], data: st.DataObject
+) -> None:
+    spread, quotes = case
+    entry = data.draw(st.integers(min_value=1, max_value=3_000).map(lambda c: D(c) / 100))
+    pricer = SpreadPricer(spread, entry)
+    one_sided = [quotes[0], LegQuote(bid=None, ask=quotes[1].ask)]
+    for shown in (quotes, one_sided, list(reversed(quotes)), quotes):
+        value, touch = mark(spread, shown), natural_value(spread, shown)
+        if value is None or touch is None:
+            assert pricer.valuate(shown) is None
+            continue
+        at_mark = close_price(spread.strategy, value)
+        at_touch = close_price(spread.strategy, touch)
+        pnl = pnl_per_spread(spread.strategy, entry, at_mark)
+        top, bottom = max_profit(spread, entry), max_loss(spread, entry)
+        assert pricer.valuate(shown) == Valuation(
+            mark=value,
+            natural_value=touch,
+            mark_close_price=at_mark,
+            natural_close_price=at_touch,
+            pnl=pnl,
+            natural_pnl=pnl_per_spread(spread.strategy, entry, at_touch),
+            max_profit=top,
+            max_loss=bottom,
+            profit_fraction=profit_fraction(pnl, top),
+            loss_fraction=loss_fraction(pnl, bottom),
+        )
