@@ -41,7 +41,7 @@ from engine.calendar import MarketCalendar
 from engine.clock import MarketClock
 from engine.conflate import ConflatingMailbox
 from engine.domain.exit_plan import ExitPlan, default_plan, plan_with_overrides
-from engine.domain.exit_rules import evaluate
+from engine.domain.exit_rules import ExitEvaluator
 from engine.domain.exit_types import (
     Decision as DomainDecision,
 )
@@ -121,7 +121,7 @@ class _Watch:
     def __init__(self, trade: TradeSnapshot, plan: ExitPlan) -> None:
         self.trade = trade
         self.plan = plan
-        self.spread: Spread = trade.spread()
+        self.trade_changed()
         self.state = WatchState.from_persisted(
             PersistedWatchState(
                 high_water_mark=trade.high_water_mark,
@@ -140,6 +140,13 @@ class _Watch:
         self.exit_is_manual = False  # the exit in flight was the operator's close
         self.closed = False
         self.observer: DecisionObserver | None = None
+
+    def trade_changed(self) -> None:
+        """Derive again what the ticks read from the trade: its spread, the spread's OCC symbols
+        and the exit evaluator (on start, and when a partial exit or an add changes it)."""
+        self.spread: Spread = self.trade.spread()
+        self.symbols = self.spread.symbols
+        self.evaluator = ExitEvaluator(self.plan, self.facts())
 
     def facts(self) -> PositionFacts:
         return PositionFacts(
@@ -174,21 +181,30 @@ async def run(
     log = _log.bind(trade_id=trade.trade_id)
     task_status.started()
     while not watch.closed:
+        try:
+            batch, retry_due = await _next_batch(mailbox, watch.retry_not_before)
+        except trio.EndOfChannel:
+            return
         # A retry period ending is a reason to look again even if no quote moves.
-        wake_at = watch.retry_not_before if watch.retry_not_before > trio.current_time() else None
-        batch = {}
-        with trio.move_on_at(wake_at if wake_at is not None else float("inf")) as waited:
-            try:
-                batch = await mailbox.get_batch()
-            except trio.EndOfChannel:
-                return
-        ticked = waited.cancelled_caught and bool(watch.quotes)
+        ticked = retry_due and bool(watch.quotes)
         for item in batch.values():
             ticked |= _apply(watch, item, log, settings.retry_after)
         if watch.closed:
             return
         if ticked or watch.manual_exit_requested:
             await _evaluate(watch, intents, audit, store, market_clock, settings, log)
+
+
+async def _next_batch(
+    mailbox: ConflatingMailbox[str, Any], retry_at: float
+) -> tuple[dict[str, Any], bool]:
+    """The mailbox's next batch, or nothing and True when the retry time comes first. Only a
+    pending retry costs a cancel scope: on the tick path it would be paid on every batch."""
+    if retry_at <= trio.current_time():
+        return await mailbox.get_batch(), False
+    with trio.move_on_at(retry_at):
+        return await mailbox.get_batch(), False
+    return {}, True
 
 
 def _apply(watch: _Watch, item: object, log: Any, retry_after: float) -> bool:
@@ -206,7 +222,7 @@ def _apply(watch: _Watch, item: object, log: Any, retry_after: float) -> bool:
             watch.closed = True
         case SpreadQuantityChanged(quantity=quantity, legs=legs):
             watch.trade = msgspec.structs.replace(watch.trade, quantity=quantity, legs=legs)
-            watch.spread = watch.trade.spread()
+            watch.trade_changed()
         case SpreadOutOfSync():
             watch.out_of_sync = True
             log.warning("position_watcher.out_of_sync", missing=sorted(item.missing_symbols))
@@ -237,7 +253,7 @@ def _snapshot(
 ) -> MarketSnapshot:
     now = trio.current_time()
     legs: list[TimedQuote | None] = []
-    for symbol in watch.spread.symbols:
+    for symbol in watch.symbols:
         quote = watch.quotes.get(symbol)
         legs.append(
             None
@@ -278,7 +294,8 @@ async def _evaluate(
     log: Any,
 ) -> None:
     snapshot = _snapshot(watch, market_clock, settings.calendar)
-    evaluation = evaluate(watch.plan, watch.facts(), watch.state, snapshot)
+    # Lazily: the volatility model only where it decides (a record evaluates in full).
+    evaluation = watch.evaluator.evaluate(watch.state, snapshot, lazy_model=True)
     now = snapshot.monotonic
     # An operator's close waits for quotes: without a mark there is no limit to set.
     manual = watch.manual_exit_requested and evaluation.metrics is not None
@@ -286,7 +303,7 @@ async def _evaluate(
     # Outside the session the exit waits for the open (the first tick then decides again).
     acting = wants_exit and snapshot.market_open and _may_act(watch, now)
     new_state = evaluation.new_state
-    if not acting:
+    if not acting and new_state.fired_tiers != watch.state.fired_tiers:
         # A tier only counts as fired when its exit is sent.
         new_state = msgspec.structs.replace(new_state, fired_tiers=watch.state.fired_tiers)
     await _persist(watch, new_state, store)
@@ -421,6 +438,8 @@ def _record(
     action: ExitAction | None = None,
     quantity: int | None = None,
 ) -> DecisionRecord:
+    # The tick's evaluation was lazy about the volatility model; the record has it all.
+    evaluation = watch.evaluator.evaluate(evaluation.inputs.state, evaluation.inputs.snapshot)
     metrics = evaluation.metrics
     inputs = evaluation.to_record()["inputs"]
     thresholds = dict(evaluation.thresholds)
@@ -435,7 +454,7 @@ def _record(
         else (None if evaluation.rule is None else str(evaluation.rule)),
         rules_fired=tuple(str(r) for r in evaluation.rules_fired),
         guard=", ".join(evaluation.guard_reasons) or None,
-        legs=tuple(_quote_snapshot(watch, s, snapshot.monotonic) for s in watch.spread.symbols),
+        legs=tuple(_quote_snapshot(watch, s, snapshot.monotonic) for s in watch.symbols),
         underlying=_underlying_snapshot(watch, snapshot),
         mark_close_price=None if metrics is None else metrics.mark_close_price,
         natural_close_price=None if metrics is None else metrics.natural_close_price,

@@ -32,6 +32,7 @@ from engine.messages import (
     SpreadBackInSync,
     SpreadClosed,
     SpreadOutOfSync,
+    SpreadQuantityChanged,
     TradeOrigin,
     TradeSnapshot,
 )
@@ -291,3 +292,39 @@ async def test_guarded_exit_is_recorded_and_hold_snapshots_are_sampled(
     holds = [d for d in h.decisions() if d.decision is Decision.HOLD]
     assert len(guarded) == 1 and guarded[0].guard is not None and "crossed" in guarded[0].guard
     assert 2 <= len(holds) <= 3
+
+
+async def test_a_record_carries_the_full_model_that_the_tick_skipped(
+    autojump_clock: trio.abc.Clock, tmp_path: pathlib.Path
+) -> None:
+    # A losing credit spread with no underlying quote: no rule can read the volatility model
+    # on these ticks, so the watcher skips it; its hold records still say why it is unknown.
+    async with _watching(tmp_path) as h:
+        for _ in range(70):
+            h.quote(SHORT, "1.45", "1.55")  # close price 1.30: a loss of 0.30
+            h.quote(LONG, "0.15", "0.25")
+            await trio.sleep(1)
+    holds = [d for d in h.decisions() if d.decision is Decision.HOLD]
+    assert len(holds) == 2
+    for hold in holds:
+        assert hold.pnl == Decimal("-0.30")
+        assert hold.thresholds["notes"] == ["underlying_missing"]
+
+
+async def test_a_changed_quantity_is_what_the_next_exit_closes(
+    autojump_clock: trio.abc.Clock, tmp_path: pathlib.Path
+) -> None:
+    async with _watching(tmp_path) as h:
+        assert h.intents is not None
+        legs = (Leg.from_position(SHORT, -1), Leg.from_position(LONG, 1))
+        h.event(
+            SpreadQuantityChanged(
+                trade_id=h.trade.trade_id, quantity=1, previous_quantity=2, legs=legs, at=START
+            )
+        )
+        h.spread_at("0.69")  # close price 0.49: profit 0.51 - exit
+        intent = await h.intents.receive()
+    assert intent.rule == "profit_target" and intent.quantity == 1
+    (exit_record,) = [d for d in h.decisions() if d.decision is Decision.EXIT]
+    assert exit_record.quantity == 1
+    assert exit_record.thresholds["inputs"]["position"]["spread"]["quantity"] == 1
