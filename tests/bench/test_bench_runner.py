@@ -111,6 +111,7 @@ def test_scale_measures_every_point_at_tiny_size() -> None:
         assert point["rss_live_bytes"] > point["rss_before_bytes"] > 0
         assert point["rss_bytes_per_spread_upper"] >= point["rss_bytes_per_spread"]
     assert result["headline"] == points[-1]
+    assert result["failed_points"] == {}
     json.dumps(result)
 
 
