@@ -56,6 +56,19 @@ def test_error_frame_and_unknown_kinds() -> None:
     assert list(wire.decode_market_frame(b'{"type":"newkind","symbol":"SPY"}')) == []
 
 
+def test_a_frame_mixing_events_with_an_error_or_unknown_kind_keeps_them_in_order() -> None:
+    unknown, error = b'{"type":"newkind","symbol":"SPY"}', b'{"error":"invalid symbol XX"}'
+    frame = b"\n".join([QUOTE, unknown, error, TRADE])
+    for shown in (frame, frame.decode()):  # trio-websocket hands text frames over as str
+        first, failure, trade = wire.decode_market_frame(shown)
+        assert isinstance(first, wire.QuoteEvent) and isinstance(trade, wire.TradeEvent)
+        assert failure == wire.ErrorFrame(error="invalid symbol XX")
+    events = wire.decode_market_frame(QUOTE + b"\n<html>")
+    assert isinstance(next(events), wire.QuoteEvent)  # what came before the bad line
+    with pytest.raises(BrokerAnswerInvalid, match="not JSON"):
+        next(events)
+
+
 def test_malformed_known_event_and_non_json_raise_clearly() -> None:
     with pytest.raises(BrokerAnswerInvalid, match="malformed quote"):
         list(wire.decode_market_frame(b'{"type":"quote","symbol":"SPY","bid":"abc"}'))

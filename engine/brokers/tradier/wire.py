@@ -128,8 +128,15 @@ def decode_market_frame(frame: bytes | str) -> Iterator[StreamEvent | ErrorFrame
     Event kinds spreadwatch does not know are skipped; an ``{"error": ...}`` frame is yielded
     as :class:`ErrorFrame`; a line that is not JSON at all raises BrokerAnswerInvalid.
     """
+    try:
+        # The common case, every line a known event: the whole frame in one call.
+        events = _stream_decoder.decode_lines(frame)
+    except msgspec.MsgspecError:
+        pass  # an error, an unknown kind or a bad line somewhere: line by line, below
+    else:
+        yield from events
+        return
     data = frame.encode() if isinstance(frame, str) else frame
-    # The common case (one event per frame) avoids the split.
     lines = data.split(b"\n") if b"\n" in data else (data,)
     for line in lines:
         if not line.strip():
