@@ -207,10 +207,10 @@ class ExitEvaluator:
 
     __slots__ = (
         "_auto_exited",
+        "_checks",
         "_opened_day",
         "_plan_values",
         "_pricer",
-        "_rules",
         "plan",
         "position",
         "stop_limit",
@@ -223,10 +223,11 @@ class ExitEvaluator:
         self._auto_exited = is_credit(strategy) or is_debit(strategy)
         self._pricer = SpreadPricer(position.spread, position.entry_price)
         self.stop_limit = stop_loss_limit(plan, position, self._pricer.max_loss)
-        self._rules = tuple(
-            rule
-            for rule in PRIORITY
-            if rule is Rule.STOP_LOSS or getattr(plan, _SWITCHES[rule]) not in (None, ())
+        # The rules after the stop that the plan turns on, in priority order, with their checks.
+        self._checks = tuple(
+            (rule, _RULES[rule])
+            for rule in PRIORITY[1:]
+            if getattr(plan, _SWITCHES[rule]) not in (None, ())
         )
         self._plan_values = _plan_values(plan)
         self._opened_day = position.opened_at.astimezone(_NEW_YORK).date()
@@ -269,13 +270,12 @@ class ExitEvaluator:
             lazy_model=lazy_model,
         )
         stop_fires, stop_state = _stop_loss(tick)
-        fired = tuple(
-            rule
-            for rule in self._rules
-            if (stop_fires if rule is Rule.STOP_LOSS else _RULES[rule](tick))
-        )
+        fired = [Rule.STOP_LOSS] if stop_fires else []
+        for rule, check in self._checks:
+            if check(tick):
+                fired.append(rule)
         return _decide(
-            tick, inputs, fired, leg_reasons, underlying_reasons, stop_state, tuple(notes)
+            tick, inputs, tuple(fired), leg_reasons, underlying_reasons, stop_state, tuple(notes)
         )
 
 
@@ -593,6 +593,7 @@ assert set(_RULES) | {Rule.STOP_LOSS} == set(Rule)
 assert set(_SWITCHES) == set(_RULES), (
     "every rule but the stop needs the plan field that turns it on"
 )
+assert PRIORITY[0] is Rule.STOP_LOSS, "losses first: the evaluator asks the stop before the rest"
 
 
 # ---------------------------------------------------------------------------------------------
