@@ -4,7 +4,9 @@ A watcher owns its spread's latest leg and underlying quotes, the exit state (hi
 fired tiers, debounce progress) and whether an exit is in flight. Every batch taken from its
 mailbox (the newest quote per symbol, plus lifecycle and order events in arrival order) is
 applied, then the exit plan is evaluated once, as the pure function
-:func:`engine.domain.exit_rules.evaluate`, on the newest state of every leg.
+:func:`engine.domain.exit_rules.evaluate`, on the newest state of every leg (through the trade's
+:class:`~engine.domain.exit_rules.ExitEvaluator`, lazy about the volatility model; a record
+gets the full evaluation).
 
 What a watcher records (through the AuditWriter; never blocking the tick):
 

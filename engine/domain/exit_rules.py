@@ -3,6 +3,9 @@
 ``evaluate(plan, position, state, snapshot) -> Evaluation``. No I/O, no clock reads: market time
 (for DTE, time-of-day and days in trade) and a monotonic trio time (for the debounce and spike
 windows) arrive in the snapshot. The state is immutable; the evaluation carries the new one.
+A watcher calls the same function as :meth:`ExitEvaluator.evaluate`, which works out what does
+not change between ticks once per trade, and can leave out the volatility model where it cannot
+decide (the tick path's cost is mostly Python arithmetic: see ``bench/core_cost.py``).
 
 **Priority** (first that fires names the decision; every rule that fired is recorded):
 
