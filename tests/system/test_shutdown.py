@@ -13,7 +13,10 @@ follows it to the fill.
 
 from __future__ import annotations
 
+import json
+import pathlib
 import signal
+import sys
 from decimal import Decimal
 
 import pytest
@@ -95,6 +98,12 @@ async def test_sigterm_mid_exit_records_the_answer_exits_0_and_the_restart_follo
             (after,) = await db.fetch("SELECT * FROM orders")
             resumed = await events(db, "order_router.order_resumed")
             orders = sim_orders(handle)
+            # `spreadwatch tail` over what the two engines really wrote, and a broken line.
+            with log_path.open("a") as log:
+                log.write('{"ts": "broken\n')
+            trade_lines = await tail(log_path, "--trade", str(trade_id), "--event", "order_router.*")
+            stops = await tail(log_path, "--event", "engine.stop*")
+            stopped_json = await tail(log_path, "--json", "--event", "engine.stopped")
             nursery.cancel_scope.cancel()
 
     # The first engine stopped in a known state: the broker's answer, which arrived after
@@ -115,3 +124,24 @@ async def test_sigterm_mid_exit_records_the_answer_exits_0_and_the_restart_follo
     assert trade is not None and trade["status"] == "CLOSED"
     assert trade["realized_pnl"] == (Decimal("1.30") - order.avg_fill_price) * 2 * 100
     assert not any(s.startswith("SPY2512") for s in holdings(handle))
+    # tail: one readable line per event, filtered by trade and event glob; malformed lines are
+    # shown as they are; --json passes the kept lines through unchanged.
+    assert [line.split()[3] for line in trade_lines[:1]] == ["order_router.routed"]
+    assert any("order_router.resumed_order" in line for line in trade_lines)
+    assert trade_lines[-1] == '{"ts": "broken'
+    assert all("order_router." in line for line in trade_lines[:-1]), trade_lines
+    assert [line.split()[3] for line in stops if not line.startswith("{")] == [
+        "engine.stopping", "engine.stopped", "engine.stopping", "engine.stopped"
+    ]
+    assert stops[-1] == '{"ts": "broken'
+    assert stopped_json[-1] == '{"ts": "broken'
+    assert [json.loads(line)["event"] for line in stopped_json[:-1]] == ["engine.stopped"] * 2
+
+
+async def tail(log_path: pathlib.Path, *flags: str) -> list[str]:
+    done = await trio.run_process(
+        [sys.executable, "-m", "engine.cli", "tail", str(log_path), "--color", "never", *flags],
+        capture_stdout=True,
+        check=True,
+    )
+    return done.stdout.decode().splitlines()
