@@ -101,7 +101,9 @@ async def test_sigterm_mid_exit_records_the_answer_exits_0_and_the_restart_follo
             # `spreadwatch tail` over what the two engines really wrote, and a broken line.
             with log_path.open("a") as log:
                 log.write('{"ts": "broken\n')
-            trade_lines = await tail(log_path, "--trade", str(trade_id), "--event", "order_router.*")
+            trade_lines = await tail(
+                log_path, "--trade", str(trade_id), "--event", "order_router.*"
+            )
             stops = await tail(log_path, "--event", "engine.stop*")
             stopped_json = await tail(log_path, "--json", "--event", "engine.stopped")
             nursery.cancel_scope.cancel()
@@ -131,7 +133,10 @@ async def test_sigterm_mid_exit_records_the_answer_exits_0_and_the_restart_follo
     assert trade_lines[-1] == '{"ts": "broken'
     assert all("order_router." in line for line in trade_lines[:-1]), trade_lines
     assert [line.split()[3] for line in stops if not line.startswith("{")] == [
-        "engine.stopping", "engine.stopped", "engine.stopping", "engine.stopped"
+        "engine.stopping",
+        "engine.stopped",
+        "engine.stopping",
+        "engine.stopped",
     ]
     assert stops[-1] == '{"ts": "broken'
     assert stopped_json[-1] == '{"ts": "broken'

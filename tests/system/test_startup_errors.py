@@ -148,7 +148,12 @@ async def test_an_unreachable_database_says_what_to_check(
 
 async def test_a_bad_setting_names_the_key(tmp_path: pathlib.Path) -> None:
     code, stderr = await _run(
-        _env(tmp_path, TRADIER_TOKEN="t", TRADIER_ACCOUNT_ID="VA1", SPREADWATCH_ENGINE__DRY_RUN="maybe")
+        _env(
+            tmp_path,
+            TRADIER_TOKEN="t",
+            TRADIER_ACCOUNT_ID="VA1",
+            SPREADWATCH_ENGINE__DRY_RUN="maybe",
+        )
     )
     line = _one_line(stderr)
     assert code == 2
