@@ -26,11 +26,14 @@ seeded as an ENGINE trade at its mark, managed, with its strategy's default exit
 rule fires until a benchmark pushes one through.
 
 **Engine.** ``engine.app.run_engine`` on the shared database, market clock following the
-simulator's, orders sent (not a dry run). The one change from the defaults is
-``broker.trading_rate_limit`` (``TRADING_RATE_LIMIT`` per minute instead of 60): the benchmarks
-stop several spreads a second, and Tradier's per-minute allowance is a broker policy, not the
-engine's latency. Each rig truncates the database's tables first (the server and schema stay
-warm) and starts a fresh simulator, so runs do not see each other's trades.
+simulator's, orders sent (not a dry run). The changes from the defaults are the engine's own
+broker rate limits, ``broker.trading_rate_limit`` and ``broker.read_rate_limit``
+(``RATE_LIMIT`` per minute each instead of 60 and 120): the benchmarks stop several spreads a
+second, each exit reads positions and places an order, and Tradier's per-minute allowance is a
+broker policy, not the engine's latency (at the defaults the router's queue of exits grows by
+the minute and the figures measure the wait for a token). Each rig truncates the database's
+tables first (the server and schema stay warm) and starts a fresh simulator, so runs do not see
+each other's trades.
 
 **Live.** :meth:`Rig.wait_all_live`: every managed trade's watcher has registered its symbols
 with the fan-out, every one of those symbols has a quote, and every watcher's mailbox is
@@ -78,7 +81,7 @@ from sim.scenario import (
 from storage import Database, apply_migrations, open_database
 
 __all__ = [
-    "TRADING_RATE_LIMIT",
+    "RATE_LIMIT",
     "Book",
     "BookSpread",
     "DriveFigures",
@@ -92,7 +95,7 @@ __all__ = [
     "warm_database",
 ]
 
-TRADING_RATE_LIMIT: Final = 6000  # per minute; see the module docstring
+RATE_LIMIT: Final = 6000  # requests per minute, trading and reads; see the module docstring
 MARKET_START: Final = dt.datetime(2025, 12, 9, 10, 0, tzinfo=EASTERN)
 _EXPIRATIONS: Final = tuple(
     dt.date(2026, month, day)
@@ -604,7 +607,8 @@ def _engine_config(started: _Started, run_dir: pathlib.Path) -> Config:
             account_stream_url="ws" + started.base_url[4:] + "/v1/accounts/events",
             token=Secret(started.token),
             account_id=started.account_id,
-            trading_rate_limit=TRADING_RATE_LIMIT,
+            trading_rate_limit=RATE_LIMIT,
+            read_rate_limit=RATE_LIMIT,
         ),
         # The engine never opens this directory (it is given the database); the audit journal
         # lives beside it, one per rig so no run replays another's records.
