@@ -93,6 +93,8 @@ class TradeSource(Protocol):
 
     async def load_open_trades(self, account_id: str) -> list[OpenTrade]: ...
 
+    async def load_trade_and_sharers(self, account_id: str, trade_id: int) -> list[OpenTrade]: ...
+
 
 async def run(
     *,
@@ -219,7 +221,10 @@ class _Router:
         return None
 
     async def _route(self, intent: ExitIntent) -> str | None:
-        open_trades = await self.trades.load_open_trades(self.ctx.account_id)
+        # The trade and those sharing a symbol with it: all that attribution needs.
+        open_trades = await self.trades.load_trade_and_sharers(
+            self.ctx.account_id, intent.trade_id
+        )
         mine = next((t for t in open_trades if t.trade_id == intent.trade_id), None)
         if mine is None:
             return "the trade is not open"

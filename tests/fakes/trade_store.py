@@ -95,6 +95,14 @@ class InMemoryTradeStore:
             if t.account_id == account_id and t.status != "CLOSED"
         ]
 
+    async def load_trade_and_sharers(self, account_id: str, trade_id: int) -> list[OpenTrade]:
+        trades = await self.load_open_trades(account_id)
+        mine = next((t for t in trades if t.trade_id == trade_id), None)
+        if mine is None:
+            return []
+        symbols = {leg.occ for leg in mine.snapshot.legs}
+        return [t for t in trades if symbols & {leg.occ for leg in t.snapshot.legs}]
+
     async def get_trade(self, trade_id: int) -> StoredTrade | None:
         trade = self._trades.get(trade_id)
         if trade is None:

@@ -341,3 +341,38 @@ async def test_pg_phantom_row_and_tier_documents(db: Database, pg: PgTradeStore)
         "close_reason": "PHANTOM",
         "pnl_null": True,
     }
+
+
+async def test_a_trade_loads_with_the_open_trades_sharing_its_symbols_only(h: Harness) -> None:
+    """What the router attributes an exit with: the trade and the open trades with a leg on
+    one of its symbols, nothing else; the same rows as load_open_trades gives for them."""
+
+    def spread(short: str, long: str) -> Spread:
+        return Spread.from_legs([Leg.from_position(short, -1), Leg.from_position(long, 1)])
+
+    async def insert(s: Spread, account: str = "VA1") -> int:
+        snapshot = await h.store.insert_trade(
+            account_id=account,
+            spread=s,
+            entry_price=Decimal("1"),
+            origin=TradeOrigin.ENGINE,
+            managed=True,
+            opened_at=AT,
+        )
+        return snapshot.trade_id
+
+    a = await insert(spread(SP500, LP495))
+    b = await insert(spread(LP495, SC520))  # shares LP495 with a
+    c = await insert(spread(SC520, LC525))  # shares SC520 with b
+    await insert(spread(SP500, LP495), account="VA2")  # same symbols, another account
+
+    async def ids(trade_id: int) -> list[int]:
+        return [t.trade_id for t in await h.store.load_trade_and_sharers("VA1", trade_id)]
+
+    assert await ids(a) == [a, b]
+    assert await ids(b) == [a, b, c]
+    assert await ids(c) == [b, c]
+    assert await h.store.load_trade_and_sharers("VA1", b) == await h.store.load_open_trades("VA1")
+    assert await h.store.close_phantom(b, at=AT)
+    assert await ids(a) == [a]
+    assert await ids(b) == []
