@@ -220,7 +220,15 @@ class Connection(_Statements):
             raise translate(
                 exc, target=self._bridge.target, session_lost=self._session_lost(exc)
             ) from exc
-        await self._call(tx.start)
+        try:
+            await self._call(tx.start)
+        except BaseException:
+            # Cancelled (or failed) while BEGIN was on its way: the session may have entered a
+            # transaction nobody will end, and back in the pool it would sit "idle in
+            # transaction" holding its snapshot (seen once at a benchmark's shutdown).
+            # Terminating it makes the server roll back; the pool opens a fresh one.
+            self._terminate()
+            raise
         try:
             yield self
         except BaseException:
