@@ -32,12 +32,10 @@ Prints a table and writes ``bench/results/audit_load.json``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import gc
 import importlib.util
-import json
 import pathlib
 import random
 import statistics
@@ -55,6 +53,7 @@ import trio
 
 from actors import audit_writer
 from actors.audit_writer import AuditSink, AuditWriterConfig
+from bench import standalone
 from bench.paths import SECONDS_PER_YEAR, SHAPES, build_spread, cents, quote_cents
 from engine.clock import NEW_YORK
 from engine.domain.exit_plan import default_plan
@@ -62,7 +61,6 @@ from engine.domain.exit_rules import evaluate
 from engine.domain.exit_types import MarketSnapshot, PositionFacts, WatchState
 from engine.domain.guards import TimedQuote
 from engine.domain.pricing import mark_close_price
-from engine.log import configure_logging
 from engine.messages import (
     AuditRecord,
     Decision,
@@ -112,7 +110,6 @@ SIZES: Final = {
 }
 TARGET_RECORDS_PER_SECOND: Final = 50_000
 TARGET_P99_CHANGE_PERCENT: Final = 10.0
-RESULTS: Final = pathlib.Path(__file__).parent / "results" / "audit_load.json"
 
 MARKET_TIME: Final = dt.datetime(2025, 12, 9, 11, 0, tzinfo=NEW_YORK)
 _EVENT_SHARE = 0.01
@@ -502,31 +499,26 @@ def _table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.with_suffix(".log").open("wb") as log:
-        configure_logging(level="info", stream=log)
-        result = run(size=args.size, seed=args.seed)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(
+def _report(result: dict[str, Any]) -> list[str]:
+    lines = [
         f"audit_load: {result['records_per_second_median']:,} records/s (median of rounds), "
-        f"target >= {TARGET_RECORDS_PER_SECOND:,}; {result['seconds']} s"
-    )
-    print(_table(result))
+        f"target >= {TARGET_RECORDS_PER_SECOND:,}; {result['seconds']} s",
+        _table(result),
+    ]
     load = result["under_load"]
     if "note" in load:
-        print(f"under load: {load['note']}")
+        lines.append(f"under load: {load['note']}")
     else:
-        print(
+        lines.append(
             f"tick -> order p99 at {load['quote_rate']:,} quotes/s, {load['spreads']:,} spreads: "
             f"{load['p99_ms_without']} ms without, {load['p99_ms_with']} ms with "
             f"{load['audit_rate']:,} audit records/s ({load['p99_change_percent']:+} %)"
         )
+    return lines
+
+
+def main() -> None:
+    standalone.main("audit_load", __doc__, run, _report)
 
 
 if __name__ == "__main__":

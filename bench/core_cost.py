@@ -33,11 +33,9 @@ Prints a table and writes ``bench/results/core_cost.json``.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import functools
 import gc
-import json
 import math
 import random
 import statistics
@@ -45,7 +43,6 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Final
 
 import msgspec
@@ -56,6 +53,7 @@ from actors.position_watcher import WatcherSettings
 from actors.position_watcher import run as run_watcher
 from actors.quote_stream import QuoteFanout, QuoteMailbox
 from actors.watcher_pool import owner_key
+from bench import standalone
 from bench.paths import SECONDS_PER_YEAR, SHAPES, build_spread, cents, quote_cents
 from engine.brokers.tradier import wire
 from engine.clock import NEW_YORK
@@ -84,7 +82,6 @@ SIZES: Final = {
     "tiny": _Size(spreads=100, rounds=2, scaling=(20, 100), scaling_rounds=1, events=800),
 }
 TARGET_RATIO: Final = 10.0
-RESULTS: Final = Path(__file__).parent / "results" / "core_cost.json"
 
 MARKET_TIME: Final = dt.datetime(2025, 12, 9, 11, 0, tzinfo=NEW_YORK)
 _EPOCH_MS: Final = int(MARKET_TIME.timestamp() * 1000)
@@ -480,19 +477,17 @@ def _table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _report(result: dict[str, Any]) -> list[str]:
+    return [
+        f"core_cost: {result['seconds']} s, "
+        f"ratio per round {result['headline']['ratio_per_round']}",
+        _table(result),
+        result["summary"],
+    ]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    result = run(size=args.size, seed=args.seed)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        f"core_cost: {result['seconds']} s, ratio per round {result['headline']['ratio_per_round']}"
-    )
-    print(_table(result))
-    print(result["summary"])
+    standalone.main("core_cost", __doc__, run, _report)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,6 @@ Prints a table and writes ``bench/results/latency.json`` (the engine's log goes 
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import pathlib
@@ -38,14 +36,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Final
 
 import trio
 
 from actors.watcher_pool import owner_key
+from bench import standalone
 from bench.rig import RATE_LIMIT, BookSpread, Rig, Tick, open_rig, warm_database
-from engine.log import configure_logging
+from bench.standalone import milliseconds
 
 __all__ = [
     "FRESH_WAIT",
@@ -73,7 +71,6 @@ SIZES: Final = {
     "tiny": _Size(spreads=40, samples=6, spacing=0.3, rates=(1000, 10_000)),
 }
 TARGETS: Final = {"p50_ms_at_1000": 1.0, "p99_ms_at_10000": 2.0}
-RESULTS: Final = Path(__file__).parent / "results" / "latency.json"
 
 _LEAD: Final = 2.0  # s of load before the first sample (the model's first re-emission passes)
 _SECOND_TICK: Final = 0.1
@@ -275,31 +272,27 @@ def _table(result: dict[str, Any]) -> str:
     ]
     for row in result["rates"]:
         ms = row["latency_ms"]
-        lines.append(
-            f"{row['rate']:>8,} {row['delivered_per_second']:>11,} {row['measured']:>4} "
-            f"{_ms(ms['p50']):>7} {_ms(ms['p90']):>7} {_ms(ms['p99']):>7} {_ms(ms['max']):>7} "
-            f"{row['early']:>5} {row['missing']:>4} {row['sim_cpu']:>7} {row['engine_cpu']:>7}"
-        )
+        cells = [
+            f"{row['rate']:>8,}",
+            f"{row['delivered_per_second']:>11,}",
+            f"{row['measured']:>4}",
+            *(f"{milliseconds(ms[p]):>7}" for p in ("p50", "p90", "p99", "max")),
+            f"{row['early']:>5}",
+            f"{row['missing']:>4}",
+            f"{row['sim_cpu']:>7}",
+            f"{row['engine_cpu']:>7}",
+        ]
+        lines.append(" ".join(cells))
     return "\n".join(lines)
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _report(result: dict[str, Any]) -> list[str]:
+    spreads = result["rates"][0]["spreads"]
+    return [f"latency: tick -> order, {spreads} spreads, {result['seconds']} s", _table(result)]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.with_suffix(".log").open("wb") as log:
-        configure_logging(level="info", stream=log)
-        result = run(size=args.size, seed=args.seed)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"latency: tick -> order, {result['rates'][0]['spreads']} spreads, "
-          f"{result['seconds']} s")
-    print(_table(result))
+    standalone.main("latency", __doc__, run, _report)
 
 
 if __name__ == "__main__":

@@ -49,9 +49,7 @@ Prints a table and writes ``bench/results/reactive_vs_polled.json``.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import math
 import random
 import statistics
@@ -60,11 +58,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 
+from bench import standalone
 from bench.paths import (
     SECONDS_PER_YEAR,
     SHAPES,
@@ -96,7 +94,6 @@ CADENCES: Final[tuple[int, ...]] = (60, 300)
 """The replaced systems' polling periods, in seconds."""
 SIZES: Final = {"full": 200, "tiny": 8}
 """Spreads per size: full is the issue's "at least 200"; tiny is for the test suite."""
-RESULTS: Final = Path(__file__).parent / "results" / "reactive_vs_polled.json"
 
 SESSION_DATE: Final = dt.date(2025, 12, 9)  # a Tuesday
 SESSION_OPEN: Final = dt.datetime(2025, 12, 9, 9, 30, tzinfo=NEW_YORK)
@@ -491,21 +488,17 @@ def _table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    result = run(size=args.size, seed=args.seed)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(
+def _report(result: dict[str, Any]) -> list[str]:
+    return [
         f"reactive_vs_polled: {result['spreads']} spreads, "
-        f"{result['spreads_without_reactive_exit']} without an exit, {result['seconds']} s"
-    )
-    print(_table(result))
-    for line in result["summary"]:
-        print(line)
+        f"{result['spreads_without_reactive_exit']} without an exit, {result['seconds']} s",
+        _table(result),
+        *result["summary"],
+    ]
+
+
+def main() -> None:
+    standalone.main("reactive_vs_polled", __doc__, run, _report)
 
 
 if __name__ == "__main__":

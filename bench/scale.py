@@ -27,9 +27,7 @@ Prints a table and writes ``bench/results/scale.json``.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import multiprocessing
 import pathlib
 import tempfile
@@ -39,6 +37,7 @@ from typing import Any, Final
 
 import trio
 
+from bench import standalone
 from bench.rig import open_rig, process_rss_bytes, warm_database
 from bench.runner import one_line
 from engine.log import configure_logging
@@ -57,7 +56,6 @@ SIZES: Final = {
     "tiny": _Size(points=(20, 60), live_deadline=60.0),
 }
 TARGETS: Final = {"rss_bytes_per_spread": 10 * 1024, "all_live_seconds_at_1000": 3.0}
-RESULTS: Final = pathlib.Path(__file__).parent / "results" / "scale.json"
 
 
 async def measure_point(spreads: int, *, seed: int, live_deadline: float) -> dict[str, Any]:
@@ -156,16 +154,12 @@ def _table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _report(result: dict[str, Any]) -> list[str]:
+    return [f"scale: {result['seconds']} s", _table(result)]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    result = run(size=args.size, seed=args.seed)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"scale: {result['seconds']} s")
-    print(_table(result))
+    standalone.main("scale", __doc__, run, _report)
 
 
 if __name__ == "__main__":

@@ -11,19 +11,19 @@ Prints events/s and writes ``bench/results/sim_stream.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
 import platform
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import trio
 from trio_websocket import open_websocket_url
+
+from bench import standalone
 
 __all__ = ["BENCH_SCENARIO", "SIZES", "main", "measure", "run"]
 
@@ -51,7 +51,6 @@ strikes = { low = 530, high = 830, step = 1 }
 path = { kind = "random_walk", start = 680.0, step = "1s" }
 """
 
-RESULTS = Path(__file__).parent / "results" / "sim_stream.json"
 
 
 class _Quote(msgspec.Struct):
@@ -135,16 +134,16 @@ def run(*, size: str = "full", seed: int = 1) -> dict[str, Any]:
     return result
 
 
+def _report(result: dict[str, Any]) -> list[str]:
+    return [
+        f"sim_stream: {result['events_per_second']} quote events/s to one connection "
+        f"({result['quote_events']} in {result['seconds']} s, "
+        f"{result['events_per_frame']} per frame, {result['symbols_subscribed']} symbols)"
+    ]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    args = parser.parse_args()
-    result = run(size=args.size)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"sim_stream: {result['events_per_second']} quote events/s to one connection "
-          f"({result['quote_events']} in {result['seconds']} s, "
-          f"{result['events_per_frame']} per frame, {result['symbols_subscribed']} symbols)")
+    standalone.main("sim_stream", __doc__, run, _report)
 
 
 if __name__ == "__main__":

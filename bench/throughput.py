@@ -27,7 +27,6 @@ Prints a table and writes ``bench/results/throughput.json`` (engine log:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -40,9 +39,10 @@ from typing import Any, Final
 
 import trio
 
+from bench import standalone
 from bench.latency import measure_tick_to_order
 from bench.rig import RATE_LIMIT, open_rig, warm_database
-from engine.log import configure_logging
+from bench.standalone import milliseconds
 
 __all__ = ["SIZES", "main", "run"]
 
@@ -67,7 +67,6 @@ SIZES: Final = {
 P99_LIMIT_MS: Final = 10.0
 TARGET_EVENTS_PER_SECOND: Final = 50_000
 SIM_BUSY: Final = 0.9  # of one core: the simulator is the limit
-RESULTS: Final = Path(__file__).parent / "results" / "throughput.json"
 SIM_STREAM_RESULTS: Final = Path(__file__).parent / "results" / "sim_stream.json"
 
 
@@ -183,31 +182,24 @@ def _table(result: dict[str, Any]) -> str:
         lines.append(
             f"{step['rate']:>8,} {step['offered_per_second']:>9,} "
             f"{step['delivered_per_second']:>10,} {step['measured']:>3} "
-            f"{_ms(ms['p50']):>7} {_ms(ms['p99']):>7} "
+            f"{milliseconds(ms['p50']):>7} {milliseconds(ms['p99']):>7} "
             f"{'late' if newest is None else f'{newest:.3f}':>8} "
             f"{step['sim_cpu']:>7} {step['engine_cpu']:>7} {'yes' if step['passed'] else 'no':>4}"
         )
     return "\n".join(lines)
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _report(result: dict[str, Any]) -> list[str]:
+    return [
+        f"throughput: {result['spreads']} spreads, {result['seconds']} s; sustained "
+        f"{result['sustained_events_per_second']:,} events/s "
+        f"(target {TARGET_EVENTS_PER_SECOND:,}); limited by {result['limited_by']}",
+        _table(result),
+    ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.with_suffix(".log").open("wb") as log:
-        configure_logging(level="info", stream=log)
-        result = run(size=args.size, seed=args.seed)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"throughput: {result['spreads']} spreads, {result['seconds']} s; sustained "
-          f"{result['sustained_events_per_second']:,} events/s "
-          f"(target {TARGET_EVENTS_PER_SECOND:,}); limited by {result['limited_by']}")
-    print(_table(result))
+    standalone.main("throughput", __doc__, run, _report)
 
 
 if __name__ == "__main__":
