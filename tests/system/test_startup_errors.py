@@ -18,6 +18,7 @@ import trio
 
 from sim.server import SimHandle, serve_simulator
 from tests.system.live import load
+from tests.system.test_live_safety import engine_env
 
 pytestmark = pytest.mark.system
 
@@ -47,15 +48,9 @@ def _env(tmp_path: pathlib.Path, **settings: str) -> dict[str, str]:
 
 
 def _sim_env(handle: SimHandle, tmp_path: pathlib.Path, **settings: str) -> dict[str, str]:
-    base = {
-        "SPREADWATCH_BROKER__KIND": "sim",
-        "SPREADWATCH_BROKER__REST_URL": handle.rest_url,
-        "SPREADWATCH_BROKER__MARKET_STREAM_URL": handle.market_ws_url,
-        "SPREADWATCH_BROKER__ACCOUNT_STREAM_URL": handle.account_ws_url,
-        "TRADIER_TOKEN": handle.token,
-        "TRADIER_ACCOUNT_ID": handle.account_id,
-    }
-    return _env(tmp_path, **(base | settings))
+    """The engine pointed at the simulator (as the live tests start it), then ``settings``."""
+    env = engine_env(handle, tmp_path / "pgdata") | {"SPREADWATCH_HTTP__PORT": "0"}
+    return env | settings
 
 
 async def _run(env: dict[str, str]) -> tuple[int, str]:
@@ -96,11 +91,13 @@ async def test_no_account_names_the_variable_to_set(tmp_path: pathlib.Path) -> N
 async def test_a_refused_token_says_to_check_it(
     sim_handle: SimHandle, tmp_path: pathlib.Path
 ) -> None:
-    code, stderr = await _run(_sim_env(sim_handle, tmp_path, TRADIER_TOKEN="wrong"))
+    secret = "tok-not-this-accounts-8c1f"
+    code, stderr = await _run(_sim_env(sim_handle, tmp_path, TRADIER_TOKEN=secret))
     line = _one_line(stderr)
     assert code == 2
     assert "refused the token" in line and "check TRADIER_TOKEN" in line
-    assert "wrong" not in line.split("refused")[0]
+    assert secret not in stderr, "the token itself is never printed"
+    assert not (tmp_path / "pgdata").exists(), "nothing is started before the check"
 
 
 async def test_a_wrong_account_lists_the_tokens_accounts(
