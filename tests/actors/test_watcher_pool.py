@@ -60,21 +60,29 @@ class _Mailboxes:
         return self.boxes.setdefault(owner, ConflatingMailbox())
 
 
+class _Recorder:
+    """A watcher runner that records what each trade's mailbox delivers while it runs."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, list[object]] = {}
+        self.running: set[int] = set()
+
+    async def __call__(self, trade: TradeSnapshot, mailbox: ConflatingMailbox[str, Any]) -> None:
+        self.running.add(trade.trade_id)
+        try:
+            while True:
+                batch = await mailbox.get_batch()
+                self.seen.setdefault(trade.trade_id, []).extend(batch.values())
+        finally:
+            self.running.discard(trade.trade_id)
+
+
 async def test_watchers_start_receive_events_and_stop(autojump_clock: trio.abc.Clock) -> None:
     lifecycle_send, lifecycle = trio.open_memory_channel[SpreadLifecycle](0)
     subs_send, subs = trio.open_memory_channel[SubscriptionCommand](10)
     fanout = _Mailboxes()
-    seen: dict[int, list[object]] = {}
-    running: set[int] = set()
-
-    async def runner(trade: TradeSnapshot, mailbox: ConflatingMailbox[str, Any]) -> None:
-        running.add(trade.trade_id)
-        try:
-            while True:
-                batch = await mailbox.get_batch()
-                seen.setdefault(trade.trade_id, []).extend(batch.values())
-        finally:
-            running.discard(trade.trade_id)
+    runner = _Recorder()
+    seen, running = runner.seen, runner.running
 
     async with trio.open_nursery() as nursery:
         await nursery.start(
@@ -181,17 +189,8 @@ async def test_router_events_reach_the_watcher_and_a_close_waits_for_its_trade(
     subs_send, _subs = trio.open_memory_channel[SubscriptionCommand](10)
     events_send, events = trio.open_memory_channel[RouterEvent](10)
     closes_send, closes = trio.open_memory_channel[CloseTradeNow](10)
-    seen: dict[int, list[object]] = {}
-    running: set[int] = set()
-
-    async def runner(trade: TradeSnapshot, mailbox: ConflatingMailbox[str, Any]) -> None:
-        running.add(trade.trade_id)
-        try:
-            while True:
-                batch = await mailbox.get_batch()
-                seen.setdefault(trade.trade_id, []).extend(batch.values())
-        finally:
-            running.discard(trade.trade_id)
+    runner = _Recorder()
+    seen, running = runner.seen, runner.running
 
     async with trio.open_nursery() as nursery:
         await nursery.start(
